@@ -1,0 +1,95 @@
+//! Writes to the registry. Every write is one [`Command`], appended to the Raft log and applied
+//! by the state machine in log order, so every server reaches the same state.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Check, Node, Service, Status};
+
+/// One replicated write. Later issues add config entries, ACLs, CA roots and virtual IPs as
+/// further variants; an old log never contains them, so adding variants is compatible.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Consul's catalog register: upsert a node, and optionally one service instance and checks.
+    Register(Register),
+    /// Remove one check, one service instance (with its checks), or a whole node.
+    Deregister {
+        node: String,
+        service_id: Option<String>,
+        check_id: Option<String>,
+    },
+    /// Set a check's status and output (a check result, a TTL update).
+    UpdateCheck {
+        node: String,
+        check_id: String,
+        status: Status,
+        output: String,
+    },
+    /// Set a KV entry; with `cas`, only if its `ModifyIndex` equals it (0: only if absent).
+    KvSet {
+        key: String,
+        #[serde(with = "bytes_b64")]
+        value: Vec<u8>,
+        flags: u64,
+        cas: Option<u64>,
+    },
+    /// Delete a KV entry, or every entry under a prefix; with `cas`, only at that index.
+    KvDelete {
+        key: String,
+        recurse: bool,
+        cas: Option<u64>,
+    },
+}
+
+impl Command {
+    /// A short name for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Register(_) => "register",
+            Command::Deregister { .. } => "deregister",
+            Command::UpdateCheck { .. } => "update_check",
+            Command::KvSet { .. } => "kv_set",
+            Command::KvDelete { .. } => "kv_delete",
+        }
+    }
+}
+
+/// The body of [`Command::Register`].
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Register {
+    /// The node; its indexes are ignored.
+    pub node: Node,
+    /// Leave an existing node's fields as they are (agent registrations of a service).
+    pub skip_node_update: bool,
+    pub service: Option<Service>,
+    /// Checks to upsert; those with a `service_id` must name a service on this node.
+    pub checks: Vec<Check>,
+    /// Remove the service's checks that are not in `checks` (`replace-existing-checks`).
+    pub replace_service_checks: bool,
+}
+
+/// What applying a command produced. A rejected command changed nothing.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub enum Response {
+    #[default]
+    Done,
+    /// Result of a KV write: false when a `cas` condition did not hold.
+    Cas(bool),
+    /// The command was not applied; the reason names the cause.
+    Rejected(String),
+}
+
+mod bytes_b64 {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,20 @@
+//! meshd's registry: the replicated state of the mesh and the rules that change it.
+//!
+//! It knows nothing of HTTP, DNS or sockets. Layout:
+//! - [`model`]: the stored objects (nodes, services, checks, KV), in Consul's JSON shape;
+//! - [`command`]: the [`Command`]s a Raft log entry carries, and their [`Response`];
+//! - [`state`]: the tables and `apply`, with per-table, per-service and per-node indexes;
+//! - [`query`]: reads of the state and the index each reflects;
+//! - [`raft`]: openraft over sled (log, vote, snapshots) and the [`Registry`] handle that
+//!   writes through Raft, reads with a chosen consistency and wakes watchers.
+
+pub mod command;
+pub mod model;
+pub mod query;
+pub mod raft;
+pub mod state;
+
+pub use command::{Command, Register, Response};
+pub use model::{Check, CheckDefinition, KvEntry, Node, Service, ServiceAddress, Status, Weights};
+pub use raft::{Applied, Consistency, LeaderInfo, OpenError, ReadError, Registry, RegistryConfig, WriteError};
+pub use state::State;

@@ -1,0 +1,183 @@
+//! Reads of the registry state, and the index each read reflects.
+//!
+//! A blocking query waits until the index of *its* data passes the one it holds, so each read
+//! here comes with the narrowest index that covers it: one service name, one node, one key.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::model::{Check, KvEntry, Node, Service, Status};
+use crate::state::{node_range, State};
+
+/// One instance of a service with its node and the checks that decide its health
+/// (the node's own checks and the instance's).
+#[derive(Debug, Clone)]
+pub struct HealthEntry<'a> {
+    pub node: &'a Node,
+    pub service: &'a Service,
+    pub checks: Vec<&'a Check>,
+}
+
+impl HealthEntry<'_> {
+    /// The worst status among the checks (passing when there are none).
+    pub fn status(&self) -> Status {
+        aggregate(self.checks.iter().copied())
+    }
+}
+
+/// The worst of the statuses; passing for none.
+pub fn aggregate<'a>(checks: impl IntoIterator<Item = &'a Check>) -> Status {
+    checks
+        .into_iter()
+        .map(|c| c.status)
+        .max()
+        .unwrap_or(Status::Passing)
+}
+
+impl State {
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+
+    pub fn node_services(&self, node: &str) -> impl Iterator<Item = &Service> {
+        self.services.range(node_range(node)).map(|(_, s)| s)
+    }
+
+    pub fn service(&self, node: &str, id: &str) -> Option<&Service> {
+        self.services.get(&(node.to_string(), id.to_string()))
+    }
+
+    pub fn node_checks(&self, node: &str) -> impl Iterator<Item = &Check> {
+        self.checks.range(node_range(node)).map(|(_, c)| c)
+    }
+
+    pub fn check(&self, node: &str, id: &str) -> Option<&Check> {
+        self.checks.get(&(node.to_string(), id.to_string()))
+    }
+
+    /// Every service name with the union of its instances' tags.
+    pub fn service_names(&self) -> BTreeMap<&str, BTreeSet<&str>> {
+        let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for s in self.services.values() {
+            out.entry(s.service.as_str())
+                .or_default()
+                .extend(s.tags.iter().map(String::as_str));
+        }
+        out
+    }
+
+    /// The instances of a service, ordered by node and ID.
+    pub fn service_instances(&self, name: &str) -> Vec<(&Node, &Service)> {
+        let Some(keys) = self.by_name.get(name) else {
+            return Vec::new();
+        };
+        keys.iter()
+            .filter_map(|k| Some((self.nodes.get(&k.0)?, self.services.get(k)?)))
+            .collect()
+    }
+
+    /// The instances of a service with the checks that decide their health.
+    pub fn health_service(&self, name: &str) -> Vec<HealthEntry<'_>> {
+        self.service_instances(name)
+            .into_iter()
+            .map(|(node, service)| HealthEntry {
+                node,
+                service,
+                checks: self
+                    .node_checks(&node.node)
+                    .filter(|c| c.service_id.is_empty() || c.service_id == service.id)
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The checks of every instance of a service.
+    pub fn service_checks(&self, name: &str) -> Vec<&Check> {
+        let Some(keys) = self.by_name.get(name) else {
+            return Vec::new();
+        };
+        keys.iter()
+            .flat_map(|(node, id)| {
+                self.node_checks(node)
+                    .filter(move |c| &c.service_id == id)
+            })
+            .collect()
+    }
+
+    /// Checks in a state (`None`: every check).
+    pub fn checks_in_state(&self, status: Option<Status>) -> Vec<&Check> {
+        self.checks
+            .values()
+            .filter(|c| status.is_none_or(|s| c.status == s))
+            .collect()
+    }
+
+    pub fn kv_get(&self, key: &str) -> Option<&KvEntry> {
+        self.kv.get(key)
+    }
+
+    /// Every entry whose key starts with `prefix`, in key order.
+    pub fn kv_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a KvEntry> + 'a {
+        self.kv
+            .range(prefix.to_string()..)
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(|(_, e)| e)
+    }
+
+    /// Keys under `prefix`; with a separator, keys are cut after the first separator past the
+    /// prefix and deduplicated (Consul's `?keys&separator=`).
+    pub fn kv_keys(&self, prefix: &str, separator: Option<&str>) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for e in self.kv_prefix(prefix) {
+            let key = match separator.filter(|s| !s.is_empty()) {
+                Some(sep) => match e.key[prefix.len()..].find(sep) {
+                    Some(pos) => &e.key[..prefix.len() + pos + sep.len()],
+                    None => e.key.as_str(),
+                },
+                None => e.key.as_str(),
+            };
+            if out.last().map(String::as_str) != Some(key) {
+                out.push(key.to_string());
+            }
+        }
+        out
+    }
+
+    /// Index of one service name's data (instances and their checks), else of the services table.
+    pub fn service_index(&self, name: &str) -> u64 {
+        self.indexes
+            .by_service
+            .get(name)
+            .copied()
+            .unwrap_or(self.indexes.services)
+    }
+
+    /// Index of one node's data, else of the nodes table.
+    pub fn node_index(&self, node: &str) -> u64 {
+        self.indexes
+            .by_node
+            .get(node)
+            .copied()
+            .unwrap_or(self.indexes.nodes)
+    }
+
+    /// Index of one KV key: its `ModifyIndex`, else the last KV write.
+    pub fn kv_key_index(&self, key: &str) -> u64 {
+        self.kv
+            .get(key)
+            .map(|e| e.modify_index)
+            .unwrap_or(self.indexes.kv)
+    }
+
+    /// Index of a KV prefix: the highest `ModifyIndex` under it or the last deletion.
+    pub fn kv_prefix_index(&self, prefix: &str) -> u64 {
+        self.kv_prefix(prefix)
+            .map(|e| e.modify_index)
+            .max()
+            .unwrap_or(0)
+            .max(self.indexes.kv_delete)
+    }
+}

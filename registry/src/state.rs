@@ -1,0 +1,517 @@
+//! The registry's state: its tables, the rules that apply a [`Command`] to them, and the index
+//! bookkeeping that blocking queries rely on.
+//!
+//! `State` is a plain deterministic value: `apply(index, command)` is the whole write path, so it
+//! is unit-tested without Raft. The Raft state machine owns one behind a lock; reads are in
+//! [`crate::query`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, Register, Response};
+use crate::model::{Check, KvEntry, Node, Service, Status};
+
+/// Key of a service instance or a check: (node name, ID).
+pub type NodeKey = (String, String);
+
+/// The highest index at which each table, service name and node last changed (deletions too).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Indexes {
+    pub nodes: u64,
+    pub services: u64,
+    pub checks: u64,
+    pub kv: u64,
+    /// Index of the last KV deletion (prefix queries cannot see a deleted key's own index).
+    pub kv_delete: u64,
+    pub by_service: HashMap<String, u64>,
+    pub by_node: HashMap<String, u64>,
+}
+
+/// The replicated registry tables.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct State {
+    pub(crate) nodes: BTreeMap<String, Node>,
+    pub(crate) services: BTreeMap<NodeKey, Service>,
+    pub(crate) checks: BTreeMap<NodeKey, Check>,
+    pub(crate) kv: BTreeMap<String, KvEntry>,
+    pub(crate) indexes: Indexes,
+    /// Service name → its instances (derived; rebuilt from `services` on restore).
+    pub(crate) by_name: HashMap<String, BTreeSet<NodeKey>>,
+    /// Index of the last applied command.
+    pub(crate) applied: u64,
+}
+
+/// The serialized form of [`State`], used for Raft snapshots.
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub struct StateImage {
+    pub nodes: Vec<Node>,
+    pub services: Vec<(String, Service)>,
+    pub checks: Vec<Check>,
+    pub kv: Vec<KvEntry>,
+    pub indexes: Indexes,
+    pub applied: u64,
+}
+
+impl State {
+    pub fn new() -> State {
+        State::default()
+    }
+
+    /// Index of the last command applied.
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    pub fn indexes(&self) -> &Indexes {
+        &self.indexes
+    }
+
+    /// Applies one command written at Raft log index `index`. A rejected command changes
+    /// nothing but the applied index.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Response {
+        self.applied = self.applied.max(index);
+        match cmd {
+            Command::Register(r) => self.register(index, r),
+            Command::Deregister {
+                node,
+                service_id,
+                check_id,
+            } => self.deregister(index, node, service_id.as_deref(), check_id.as_deref()),
+            Command::UpdateCheck {
+                node,
+                check_id,
+                status,
+                output,
+            } => self.update_check(index, node, check_id, *status, output),
+            Command::KvSet {
+                key,
+                value,
+                flags,
+                cas,
+            } => self.kv_set(index, key, value, *flags, *cas),
+            Command::KvDelete { key, recurse, cas } => self.kv_delete(index, key, *recurse, *cas),
+        }
+    }
+
+    fn register(&mut self, index: u64, r: &Register) -> Response {
+        let node_name = r.node.node.as_str();
+        if node_name.is_empty() {
+            return Response::Rejected("register: node name is empty".into());
+        }
+        let existing_node = self.nodes.get(node_name);
+        if existing_node.is_none() && r.node.address.is_empty() {
+            return Response::Rejected(format!(
+                "register: node {node_name:?} is not in the catalog and no address was given"
+            ));
+        }
+        // Validate every check against the services the node will have, before changing anything.
+        for c in &r.checks {
+            if c.check_id.is_empty() {
+                return Response::Rejected("register: a check has an empty CheckID".into());
+            }
+            if !c.service_id.is_empty() {
+                let on_node = self
+                    .services
+                    .contains_key(&(node_name.to_string(), c.service_id.clone()));
+                let in_request = r.service.as_ref().is_some_and(|s| s.id == c.service_id);
+                if !on_node && !in_request {
+                    return Response::Rejected(format!(
+                        "register: check {:?} names service {:?}, which is not registered on node {node_name:?}",
+                        c.check_id, c.service_id
+                    ));
+                }
+            }
+        }
+        if let Some(s) = &r.service {
+            if s.id.is_empty() || s.service.is_empty() {
+                return Response::Rejected("register: service ID and name must be set".into());
+            }
+        }
+
+        // Node.
+        let update_node = existing_node.is_none() || !r.skip_node_update;
+        if update_node {
+            let mut n = r.node.clone();
+            match self.nodes.get(node_name) {
+                Some(old) => {
+                    n.create_index = old.create_index;
+                    n.modify_index = old.modify_index;
+                    if !same_node(old, &n) {
+                        n.modify_index = index;
+                        self.nodes.insert(n.node.clone(), n);
+                        self.touch_node(index, node_name, true);
+                    }
+                }
+                None => {
+                    n.create_index = index;
+                    n.modify_index = index;
+                    self.nodes.insert(n.node.clone(), n);
+                    self.touch_node(index, node_name, true);
+                }
+            }
+        }
+
+        // Service.
+        if let Some(s) = &r.service {
+            let key = (node_name.to_string(), s.id.clone());
+            let mut s = s.clone();
+            match self.services.get(&key) {
+                Some(old) if same_service(old, &s) => {}
+                Some(old) => {
+                    s.create_index = old.create_index;
+                    s.modify_index = index;
+                    let old_name = old.service.clone();
+                    if old_name != s.service {
+                        self.unlink_name(&old_name, &key);
+                        self.touch_service(index, &old_name);
+                    }
+                    self.link_name(&s.service, &key);
+                    self.touch_service(index, &s.service);
+                    self.services.insert(key.clone(), s);
+                    self.touch_node(index, node_name, false);
+                    self.indexes.services = index;
+                    self.refresh_check_service_fields(index, &key);
+                }
+                None => {
+                    s.create_index = index;
+                    s.modify_index = index;
+                    self.link_name(&s.service, &key);
+                    self.touch_service(index, &s.service);
+                    self.services.insert(key, s);
+                    self.touch_node(index, node_name, false);
+                    self.indexes.services = index;
+                }
+            }
+            if r.replace_service_checks {
+                let sid = r.service.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+                let keep: BTreeSet<&str> = r.checks.iter().map(|c| c.check_id.as_str()).collect();
+                let stale: Vec<NodeKey> = self
+                    .checks
+                    .iter()
+                    .filter(|(k, c)| {
+                        k.0 == node_name && c.service_id == sid && !keep.contains(k.1.as_str())
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in stale {
+                    self.remove_check(index, &k);
+                }
+            }
+        }
+
+        // Checks.
+        for c in &r.checks {
+            let key = (node_name.to_string(), c.check_id.clone());
+            let mut c = c.clone();
+            c.node = node_name.to_string();
+            if let Some(s) = self.services.get(&(node_name.to_string(), c.service_id.clone())) {
+                c.service_name = s.service.clone();
+                c.service_tags = s.tags.clone();
+            } else {
+                c.service_name.clear();
+                c.service_tags.clear();
+            }
+            match self.checks.get(&key) {
+                Some(old) if same_check(old, &c) => continue,
+                Some(old) => {
+                    c.create_index = old.create_index;
+                    let old_service = old.service_name.clone();
+                    if !old_service.is_empty() && old_service != c.service_name {
+                        self.touch_service(index, &old_service);
+                    }
+                }
+                None => c.create_index = index,
+            }
+            c.modify_index = index;
+            self.touch_check(index, &c);
+            self.checks.insert(key, c);
+        }
+        Response::Done
+    }
+
+    fn deregister(
+        &mut self,
+        index: u64,
+        node: &str,
+        service_id: Option<&str>,
+        check_id: Option<&str>,
+    ) -> Response {
+        if let Some(cid) = check_id {
+            self.remove_check(index, &(node.to_string(), cid.to_string()));
+            return Response::Done;
+        }
+        if let Some(sid) = service_id {
+            self.remove_service(index, &(node.to_string(), sid.to_string()));
+            return Response::Done;
+        }
+        let services: Vec<NodeKey> = self
+            .services
+            .range(node_range(node))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in services {
+            self.remove_service(index, &k);
+        }
+        let checks: Vec<NodeKey> = self
+            .checks
+            .range(node_range(node))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in checks {
+            self.remove_check(index, &k);
+        }
+        if self.nodes.remove(node).is_some() {
+            self.indexes.nodes = index;
+            self.indexes.by_node.insert(node.to_string(), index);
+        }
+        Response::Done
+    }
+
+    fn update_check(
+        &mut self,
+        index: u64,
+        node: &str,
+        check_id: &str,
+        status: Status,
+        output: &str,
+    ) -> Response {
+        let key = (node.to_string(), check_id.to_string());
+        let Some(c) = self.checks.get_mut(&key) else {
+            return Response::Rejected(format!(
+                "update check: no check {check_id:?} on node {node:?}"
+            ));
+        };
+        if c.status == status && c.output == output {
+            return Response::Done;
+        }
+        c.status = status;
+        c.output = output.to_string();
+        c.modify_index = index;
+        let c = c.clone();
+        self.touch_check(index, &c);
+        Response::Done
+    }
+
+    fn kv_set(&mut self, index: u64, key: &str, value: &[u8], flags: u64, cas: Option<u64>) -> Response {
+        let existing = self.kv.get(key);
+        if let Some(want) = cas {
+            let current = existing.map(|e| e.modify_index).unwrap_or(0);
+            if current != want {
+                return Response::Cas(false);
+            }
+        }
+        let create_index = existing.map(|e| e.create_index).unwrap_or(index);
+        let lock_index = existing.map(|e| e.lock_index).unwrap_or(0);
+        let session = existing.and_then(|e| e.session.clone());
+        self.kv.insert(
+            key.to_string(),
+            KvEntry {
+                key: key.to_string(),
+                create_index,
+                modify_index: index,
+                lock_index,
+                flags,
+                value: value.to_vec(),
+                session,
+            },
+        );
+        self.indexes.kv = index;
+        Response::Cas(true)
+    }
+
+    fn kv_delete(&mut self, index: u64, key: &str, recurse: bool, cas: Option<u64>) -> Response {
+        if let Some(want) = cas {
+            match self.kv.get(key) {
+                Some(e) if e.modify_index == want => {}
+                // Consul: a CAS delete of a missing key succeeds only for index 0.
+                None if want == 0 => return Response::Cas(true),
+                _ => return Response::Cas(false),
+            }
+        }
+        let removed = if recurse {
+            let keys: Vec<String> = self
+                .kv
+                .range(key.to_string()..)
+                .take_while(|(k, _)| k.starts_with(key))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in &keys {
+                self.kv.remove(k);
+            }
+            !keys.is_empty()
+        } else {
+            self.kv.remove(key).is_some()
+        };
+        if removed {
+            self.indexes.kv = index;
+            self.indexes.kv_delete = index;
+        }
+        Response::Cas(true)
+    }
+
+    fn remove_service(&mut self, index: u64, key: &NodeKey) {
+        let Some(s) = self.services.remove(key) else {
+            return;
+        };
+        self.unlink_name(&s.service, key);
+        self.touch_service(index, &s.service);
+        self.touch_node(index, &key.0, false);
+        self.indexes.services = index;
+        let checks: Vec<NodeKey> = self
+            .checks
+            .range(node_range(&key.0))
+            .filter(|(_, c)| c.service_id == key.1)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in checks {
+            self.remove_check(index, &k);
+        }
+    }
+
+    fn remove_check(&mut self, index: u64, key: &NodeKey) {
+        if let Some(c) = self.checks.remove(key) {
+            self.touch_check(index, &c);
+        }
+    }
+
+    /// After a service changed, its checks' `ServiceName`/`ServiceTags` follow.
+    fn refresh_check_service_fields(&mut self, index: u64, key: &NodeKey) {
+        let Some(s) = self.services.get(key) else {
+            return;
+        };
+        let (name, tags) = (s.service.clone(), s.tags.clone());
+        let mut touched = false;
+        for (_, c) in self.checks.range_mut(node_range(&key.0)) {
+            if c.service_id == key.1 && (c.service_name != name || c.service_tags != tags) {
+                c.service_name = name.clone();
+                c.service_tags = tags.clone();
+                c.modify_index = index;
+                touched = true;
+            }
+        }
+        if touched {
+            self.indexes.checks = index;
+        }
+    }
+
+    /// Records a change of a check: the checks table, its node, and the services it affects
+    /// (a node-level check affects every service on the node).
+    fn touch_check(&mut self, index: u64, c: &Check) {
+        self.indexes.checks = index;
+        if c.service_id.is_empty() {
+            self.touch_node(index, &c.node, true);
+        } else {
+            self.indexes.by_node.insert(c.node.clone(), index);
+            if !c.service_name.is_empty() {
+                self.touch_service(index, &c.service_name);
+            }
+        }
+    }
+
+    /// Records a change on a node; with `all_services`, every service on it changed too
+    /// (its address or a node-level check is part of their answers).
+    fn touch_node(&mut self, index: u64, node: &str, all_services: bool) {
+        self.indexes.by_node.insert(node.to_string(), index);
+        if all_services {
+            self.indexes.nodes = index;
+            let names: BTreeSet<String> = self
+                .services
+                .range(node_range(node))
+                .map(|(_, s)| s.service.clone())
+                .collect();
+            for n in names {
+                self.touch_service(index, &n);
+            }
+        }
+    }
+
+    fn touch_service(&mut self, index: u64, name: &str) {
+        self.indexes.by_service.insert(name.to_string(), index);
+    }
+
+    fn link_name(&mut self, name: &str, key: &NodeKey) {
+        self.by_name
+            .entry(name.to_string())
+            .or_default()
+            .insert(key.clone());
+    }
+
+    fn unlink_name(&mut self, name: &str, key: &NodeKey) {
+        if let Some(set) = self.by_name.get_mut(name) {
+            set.remove(key);
+            if set.is_empty() {
+                self.by_name.remove(name);
+            }
+        }
+    }
+
+    /// The snapshot image of this state.
+    pub fn image(&self) -> StateImage {
+        StateImage {
+            nodes: self.nodes.values().cloned().collect(),
+            services: self
+                .services
+                .iter()
+                .map(|((n, _), s)| (n.clone(), s.clone()))
+                .collect(),
+            checks: self.checks.values().cloned().collect(),
+            kv: self.kv.values().cloned().collect(),
+            indexes: self.indexes.clone(),
+            applied: self.applied,
+        }
+    }
+
+    /// Rebuilds a state from a snapshot image.
+    pub fn from_image(img: StateImage) -> State {
+        let mut st = State {
+            indexes: img.indexes,
+            applied: img.applied,
+            ..State::default()
+        };
+        for n in img.nodes {
+            st.nodes.insert(n.node.clone(), n);
+        }
+        for (node, s) in img.services {
+            let key = (node, s.id.clone());
+            st.link_name(&s.service, &key);
+            st.services.insert(key, s);
+        }
+        for c in img.checks {
+            st.checks.insert((c.node.clone(), c.check_id.clone()), c);
+        }
+        for e in img.kv {
+            st.kv.insert(e.key.clone(), e);
+        }
+        st
+    }
+}
+
+/// The key range of every entry of one node in a `(node, id)`-keyed table.
+pub(crate) fn node_range(node: &str) -> std::ops::Range<NodeKey> {
+    let mut end = node.to_string();
+    end.push('\0');
+    (node.to_string(), String::new())..(end, String::new())
+}
+
+fn same_node(a: &Node, b: &Node) -> bool {
+    a.id == b.id
+        && a.address == b.address
+        && a.datacenter == b.datacenter
+        && a.tagged_addresses == b.tagged_addresses
+        && a.meta == b.meta
+}
+
+fn same_service(a: &Service, b: &Service) -> bool {
+    let mut b = b.clone();
+    b.create_index = a.create_index;
+    b.modify_index = a.modify_index;
+    *a == b
+}
+
+fn same_check(a: &Check, b: &Check) -> bool {
+    let mut b = b.clone();
+    b.create_index = a.create_index;
+    b.modify_index = a.modify_index;
+    *a == b
+}
