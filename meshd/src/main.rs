@@ -1,1 +1,6 @@
+//! meshd: one daemon per host.
+mod api;
+mod checks;
+mod local;
+
 fn main() {}
