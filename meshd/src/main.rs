@@ -1,6 +1,55 @@
-//! meshd: one daemon per host.
+//! meshd: one daemon per host — registry server, Consul-compatible HTTP API, health checks.
+//!
+//! `main` parses and validates the configuration (nothing is bound before it is valid),
+//! installs logging, and hands over to [`agent::run`].
+
+#![forbid(unsafe_code)]
+
+mod agent;
 mod api;
 mod checks;
+mod cli;
+mod config;
+mod definitions;
+mod duration;
 mod local;
+mod logging;
 
-fn main() {}
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        cli::Command::Agent(args) => {
+            let cfg = match config::build(&args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("meshd: invalid configuration: {e}");
+                    return std::process::ExitCode::from(64);
+                }
+            };
+            logging::init(&cfg.log_level, cfg.log_json);
+            // One crypto provider for every TLS user (reqwest's HTTPS checks today).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("meshd")
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("meshd: cannot start the async runtime: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(agent::run(cfg)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "meshd stopped on an error");
+                    eprintln!("meshd: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The agent: opens the registry, registers this node, loads service definitions, starts the
+//! check runner and the HTTP API, and runs until SIGTERM/SIGINT, then drains and stops.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use registry::{Check, Command, Node, Register, Registry, RegistryConfig, Status};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api;
+use crate::checks::CheckRunner;
+use crate::config::RuntimeConfig;
+use crate::local::AgentInfo;
+
+/// How long in-flight HTTP requests may take to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The node-level liveness check every agent registers (Consul calls it `serfHealth`).
+pub const NODE_CHECK_ID: &str = "serfHealth";
+
+/// Runs the agent until a shutdown signal.
+pub async fn run(cfg: RuntimeConfig) -> anyhow::Result<()> {
+    if let Ok(limit) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::debug!(limit, "open file limit");
+    }
+    // Keeps a dev-mode temporary data dir alive (and removes it at exit).
+    let (_temp, data_dir) = data_dir(&cfg)?;
+    let node_id = node_id(&data_dir)?;
+    let agent = AgentInfo {
+        node: cfg.node_name.clone(),
+        node_id: node_id.clone(),
+        address: cfg.advertise_addr.clone(),
+        datacenter: cfg.datacenter.clone(),
+        server: cfg.server,
+        node_meta: cfg.node_meta.clone(),
+    };
+    info!(node = %agent.node, datacenter = %agent.datacenter, data_dir = %data_dir.display(),
+          http = %cfg.http_addr, dev = cfg.dev, "starting meshd agent");
+
+    // Parse service definitions before opening anything, so a bad file stops the start.
+    let definitions = match &cfg.config_dir {
+        Some(dir) => crate::definitions::read_dir(dir)?,
+        None => Vec::new(),
+    };
+
+    let mut metrics = prometheus_client::registry::Registry::default();
+    let registry = Registry::open(
+        RegistryConfig {
+            data_dir: data_dir.join("raft"),
+            node_id: raft_id(&node_id),
+            advertise: format!("{}:8301", cfg.advertise_addr),
+            snapshot_threshold: cfg.snapshot_threshold,
+            cache_capacity: cfg.cache_bytes,
+        },
+        &mut metrics,
+    )
+    .await
+    .context("opening the registry")?;
+
+    register_node(&registry, &agent).await?;
+
+    let cancel = CancellationToken::new();
+    let checks = CheckRunner::new(
+        registry.clone(),
+        agent.node.clone(),
+        cfg.check_update_interval,
+        &mut metrics,
+    )
+    .context("creating the check runner")?;
+    let api_metrics = api::ApiMetrics::new(&mut metrics);
+    let ctx = Arc::new(api::ApiContext::new(
+        registry.clone(),
+        agent.clone(),
+        checks.clone(),
+        Arc::new(metrics),
+        api_metrics,
+        cancel.clone(),
+    ));
+    for (file, def) in &definitions {
+        api::register_service_definition(&ctx, def, false)
+            .await
+            .with_context(|| format!("service definition {}", file.display()))?;
+    }
+    let checks_task = checks.spawn(cancel.clone());
+
+    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .with_context(|| format!("binding the HTTP API on {}", cfg.http_addr))?;
+    let http_addr = listener.local_addr()?;
+    let app = api::router(ctx.clone());
+    let server_cancel = cancel.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { server_cancel.cancelled().await })
+            .await
+    });
+
+    println!(
+        "==> meshd serving: http=http://{http_addr} node={} datacenter={} data_dir={}",
+        agent.node,
+        agent.datacenter,
+        data_dir.display()
+    );
+    info!(%http_addr, "serving");
+
+    shutdown_signal().await;
+    info!("shutting down: draining HTTP requests");
+    cancel.cancel();
+    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => warn!(error = %e, "HTTP server error"),
+        Ok(Err(e)) => warn!(error = %e, "HTTP server task failed"),
+        Err(_) => warn!("HTTP requests did not finish within {DRAIN_TIMEOUT:?}; closing"),
+    }
+    let _ = checks_task.await;
+    registry.shutdown().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Upserts this node and its liveness check.
+async fn register_node(registry: &Registry, agent: &AgentInfo) -> anyhow::Result<()> {
+    let cmd = Command::Register(Register {
+        node: Node {
+            id: agent.node_id.clone(),
+            node: agent.node.clone(),
+            address: agent.address.clone(),
+            datacenter: agent.datacenter.clone(),
+            meta: agent.node_meta.clone(),
+            ..Node::default()
+        },
+        skip_node_update: false,
+        service: None,
+        checks: vec![Check {
+            node: agent.node.clone(),
+            check_id: NODE_CHECK_ID.into(),
+            name: "Mesh Health Status".into(),
+            status: Status::Passing,
+            output: "Agent alive and reachable".into(),
+            ..Check::default()
+        }],
+        replace_service_checks: false,
+    });
+    let applied = registry
+        .write(cmd)
+        .await
+        .context("registering this node")?;
+    if let registry::Response::Rejected(why) = applied.response {
+        anyhow::bail!("registering this node was rejected: {why}");
+    }
+    Ok(())
+}
+
+fn data_dir(cfg: &RuntimeConfig) -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf)> {
+    match &cfg.data_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("creating data dir {}", d.display()))?;
+            Ok((None, d.clone()))
+        }
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("meshd-dev-")
+                .tempdir()
+                .context("creating a temporary data dir")?;
+            let p = t.path().to_path_buf();
+            Ok((Some(t), p))
+        }
+    }
+}
+
+/// The node's stable ID, kept in `<data_dir>/node-id`.
+fn node_id(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            let id = s.trim();
+            uuid::Uuid::parse_str(id)
+                .with_context(|| format!("{} does not hold a UUID", path.display()))?;
+            Ok(id.to_string())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = uuid::Uuid::new_v4().to_string();
+            std::fs::write(&path, format!("{id}\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// The Raft node ID: the first 8 bytes of the node UUID.
+fn raft_id(node_id: &str) -> u64 {
+    uuid::Uuid::parse_str(node_id)
+        .map(|u| {
+            let b = u.as_bytes();
+            u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+        })
+        .unwrap_or(1)
+        .max(1)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,363 @@
+//! Agent configuration: the TOML file, merged with flags, validated into a [`RuntimeConfig`].
+//!
+//! Every problem is reported with the file (or flag), the key, the bad value and the reason,
+//! before anything is bound or opened.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::AgentArgs;
+use crate::duration::parse_go_duration;
+
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
+pub const DEFAULT_DATACENTER: &str = "dc1";
+pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = 8192;
+pub const DEFAULT_CHECK_UPDATE_INTERVAL: &str = "5m";
+pub const DEFAULT_CACHE_MB: u64 = 64;
+
+/// A configuration error; its message names the source, the key and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("{source_name}: key `{key}` = {value:?}: {reason}")]
+    Invalid {
+        source_name: String,
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// The keys of the TOML file. Unknown keys are errors.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub node_name: Option<String>,
+    pub datacenter: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub server: Option<bool>,
+    pub http_addr: Option<String>,
+    /// Address other hosts reach this node at (default: the HTTP address's IP).
+    pub advertise_addr: Option<String>,
+    pub config_dir: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub log_json: Option<bool>,
+    pub node_meta: Option<BTreeMap<String, String>>,
+    /// Raft log entries between snapshots.
+    pub snapshot_threshold: Option<u64>,
+    /// How often a check whose status is unchanged may write new output (Go duration).
+    pub check_update_interval: Option<String>,
+    /// sled cache size in MiB.
+    pub cache_mb: Option<u64>,
+}
+
+/// The validated configuration the agent runs with.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub dev: bool,
+    pub server: bool,
+    pub node_name: String,
+    pub datacenter: String,
+    /// `None` in dev mode without --data-dir: a temporary directory is used.
+    pub data_dir: Option<PathBuf>,
+    pub http_addr: SocketAddr,
+    pub advertise_addr: String,
+    pub config_dir: Option<PathBuf>,
+    pub log_level: String,
+    pub log_json: bool,
+    pub node_meta: BTreeMap<String, String>,
+    pub snapshot_threshold: u64,
+    pub check_update_interval: Duration,
+    pub cache_bytes: u64,
+}
+
+/// Reads and parses a TOML config file.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string().trim().replace('\n', " "),
+    })
+}
+
+/// Merges flags over the file and validates the result.
+pub fn build(args: &AgentArgs) -> Result<RuntimeConfig, ConfigError> {
+    let file = match &args.config {
+        Some(p) => read_file(p)?,
+        None => FileConfig::default(),
+    };
+    let file_name = args
+        .config
+        .as_ref()
+        .map(|p| format!("config file {}", p.display()))
+        .unwrap_or_else(|| "defaults".into());
+    // The source of a key: the flag if given, else the file.
+    let src = |flag_given: bool| {
+        if flag_given {
+            "command line".to_string()
+        } else {
+            file_name.clone()
+        }
+    };
+
+    let node_name = match (&args.node, &file.node_name) {
+        (Some(n), _) | (None, Some(n)) => n.clone(),
+        (None, None) => hostname(),
+    };
+    validate_name(&node_name).map_err(|reason| ConfigError::Invalid {
+        source_name: src(args.node.is_some()),
+        key: "node_name",
+        value: node_name.clone(),
+        reason,
+    })?;
+
+    let datacenter = args
+        .datacenter
+        .clone()
+        .or(file.datacenter.clone())
+        .unwrap_or_else(|| DEFAULT_DATACENTER.into());
+    validate_name(&datacenter).map_err(|reason| ConfigError::Invalid {
+        source_name: src(args.datacenter.is_some()),
+        key: "datacenter",
+        value: datacenter.clone(),
+        reason,
+    })?;
+
+    let http_addr = match (&args.http_addr, &file.http_addr) {
+        (Some(a), _) => *a,
+        (None, Some(s)) => s.parse().map_err(|e| ConfigError::Invalid {
+            source_name: file_name.clone(),
+            key: "http_addr",
+            value: s.clone(),
+            reason: format!("{e}; expected IP:PORT, for example 127.0.0.1:8500"),
+        })?,
+        (None, None) => DEFAULT_HTTP_ADDR
+            .parse()
+            .map_err(|_| ConfigError::Invalid {
+                source_name: "defaults".into(),
+                key: "http_addr",
+                value: DEFAULT_HTTP_ADDR.into(),
+                reason: "bad built-in default".into(),
+            })?,
+    };
+
+    let advertise_addr = match &file.advertise_addr {
+        Some(a) => {
+            a.parse::<std::net::IpAddr>()
+                .map_err(|e| ConfigError::Invalid {
+                    source_name: file_name.clone(),
+                    key: "advertise_addr",
+                    value: a.clone(),
+                    reason: format!("{e}; expected an IP address"),
+                })?;
+            a.clone()
+        }
+        None => http_addr.ip().to_string(),
+    };
+
+    let server = args.server || args.dev || file.server.unwrap_or(false);
+    let data_dir = args.data_dir.clone().or(file.data_dir.clone());
+    if data_dir.is_none() && !args.dev {
+        return Err(ConfigError::Invalid {
+            source_name: src(false),
+            key: "data_dir",
+            value: String::new(),
+            reason: "a data directory is required unless --dev is given (use --data-dir DIR)"
+                .into(),
+        });
+    }
+    if !server {
+        return Err(ConfigError::Invalid {
+            source_name: src(false),
+            key: "server",
+            value: "false".into(),
+            reason: "client-only agents join servers, which this build does not do yet; \
+                     run with --server (or --dev)"
+                .into(),
+        });
+    }
+
+    let log_level = args
+        .log_level
+        .clone()
+        .or(file.log_level.clone())
+        .unwrap_or_else(|| "info".into());
+    tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|e| ConfigError::Invalid {
+        source_name: src(args.log_level.is_some()),
+        key: "log_level",
+        value: log_level.clone(),
+        reason: format!("{e}; expected error, warn, info, debug or trace"),
+    })?;
+
+    let snapshot_threshold = file
+        .snapshot_threshold
+        .unwrap_or(DEFAULT_SNAPSHOT_THRESHOLD);
+    if snapshot_threshold < 16 {
+        return Err(ConfigError::Invalid {
+            source_name: file_name.clone(),
+            key: "snapshot_threshold",
+            value: snapshot_threshold.to_string(),
+            reason: "must be at least 16 log entries".into(),
+        });
+    }
+
+    let cui = file
+        .check_update_interval
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CHECK_UPDATE_INTERVAL.into());
+    let check_update_interval = parse_go_duration(&cui).map_err(|e| ConfigError::Invalid {
+        source_name: file_name.clone(),
+        key: "check_update_interval",
+        value: cui.clone(),
+        reason: e.to_string(),
+    })?;
+
+    let cache_mb = file.cache_mb.unwrap_or(DEFAULT_CACHE_MB);
+    if cache_mb == 0 {
+        return Err(ConfigError::Invalid {
+            source_name: file_name.clone(),
+            key: "cache_mb",
+            value: "0".into(),
+            reason: "must be at least 1".into(),
+        });
+    }
+
+    let node_meta = file.node_meta.clone().unwrap_or_default();
+    for k in node_meta.keys() {
+        if k.is_empty() || k.len() > 128 || k.chars().any(|c| c.is_control()) {
+            return Err(ConfigError::Invalid {
+                source_name: file_name.clone(),
+                key: "node_meta",
+                value: k.clone(),
+                reason: "meta keys must be 1-128 printable characters".into(),
+            });
+        }
+    }
+
+    Ok(RuntimeConfig {
+        dev: args.dev,
+        server,
+        node_name,
+        datacenter,
+        data_dir,
+        http_addr,
+        advertise_addr,
+        config_dir: args.config_dir.clone().or(file.config_dir.clone()),
+        log_level,
+        log_json: args.log_json || file.log_json.unwrap_or(false),
+        node_meta,
+        snapshot_threshold,
+        check_update_interval,
+        cache_bytes: cache_mb * 1024 * 1024,
+    })
+}
+
+/// Node and datacenter names: 1-63 characters of letters, digits, `-`, `_` and `.`,
+/// starting with a letter or digit (they become DNS labels later).
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 {
+        return Err("must be 1 to 63 characters".into());
+    }
+    if !name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
+        return Err("must start with a letter or digit".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "character {c:?} is not allowed (letters, digits, '-', '_', '.')"
+        ));
+    }
+    Ok(())
+}
+
+fn hostname() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let name = raw.trim();
+    if name.is_empty() {
+        "meshd".into()
+    } else {
+        name.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> AgentArgs {
+        AgentArgs {
+            dev: true,
+            node: Some("n1".into()),
+            ..AgentArgs::default()
+        }
+    }
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(f.path(), text).expect("write");
+        f
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let f = write("node_name = \"a\"\nbogus_key = 1\n");
+        let mut a = args();
+        a.config = Some(f.path().to_path_buf());
+        let e = build(&a).expect_err("unknown key").to_string();
+        assert!(e.contains(&f.path().display().to_string()), "{e}");
+        assert!(e.contains("bogus_key"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_reason() {
+        let f = write("http_addr = \"nonsense\"\n");
+        let mut a = args();
+        a.config = Some(f.path().to_path_buf());
+        let e = build(&a).expect_err("bad addr").to_string();
+        assert!(e.contains("http_addr") && e.contains("nonsense"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let f = write("node_name = \"from-file\"\ndatacenter = \"east\"\n");
+        let mut a = args();
+        a.config = Some(f.path().to_path_buf());
+        let c = build(&a).expect("valid");
+        assert_eq!(c.node_name, "n1");
+        assert_eq!(c.datacenter, "east");
+        assert_eq!(c.http_addr.to_string(), DEFAULT_HTTP_ADDR);
+    }
+
+    #[test]
+    fn data_dir_required_outside_dev() {
+        let a = AgentArgs {
+            server: true,
+            node: Some("n1".into()),
+            ..AgentArgs::default()
+        };
+        let e = build(&a).expect_err("no data dir").to_string();
+        assert!(e.contains("data_dir"), "{e}");
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("web-1.a_b").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("-x").is_err());
+        assert!(validate_name("a b").is_err());
+        assert!(validate_name(&"a".repeat(64)).is_err());
+    }
+}
