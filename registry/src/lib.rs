@@ -16,5 +16,7 @@ pub mod state;
 
 pub use command::{Command, Register, Response};
 pub use model::{Check, CheckDefinition, KvEntry, Node, Service, ServiceAddress, Status, Weights};
-pub use raft::{Applied, Consistency, LeaderInfo, OpenError, ReadError, Registry, RegistryConfig, WriteError};
+pub use raft::{
+    Applied, Consistency, LeaderInfo, OpenError, ReadError, Registry, RegistryConfig, WriteError,
+};
 pub use state::State;

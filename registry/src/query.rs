@@ -100,10 +100,7 @@ impl State {
             return Vec::new();
         };
         keys.iter()
-            .flat_map(|(node, id)| {
-                self.node_checks(node)
-                    .filter(move |c| &c.service_id == id)
-            })
+            .flat_map(|(node, id)| self.node_checks(node).filter(move |c| &c.service_id == id))
             .collect()
     }
 

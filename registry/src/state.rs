@@ -205,7 +205,10 @@ impl State {
             let key = (node_name.to_string(), c.check_id.clone());
             let mut c = c.clone();
             c.node = node_name.to_string();
-            if let Some(s) = self.services.get(&(node_name.to_string(), c.service_id.clone())) {
+            if let Some(s) = self
+                .services
+                .get(&(node_name.to_string(), c.service_id.clone()))
+            {
                 c.service_name = s.service.clone();
                 c.service_tags = s.tags.clone();
             } else {
@@ -293,7 +296,14 @@ impl State {
         Response::Done
     }
 
-    fn kv_set(&mut self, index: u64, key: &str, value: &[u8], flags: u64, cas: Option<u64>) -> Response {
+    fn kv_set(
+        &mut self,
+        index: u64,
+        key: &str,
+        value: &[u8],
+        flags: u64,
+        cas: Option<u64>,
+    ) -> Response {
         let existing = self.kv.get(key);
         if let Some(want) = cas {
             let current = existing.map(|e| e.modify_index).unwrap_or(0);

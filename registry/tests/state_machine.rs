@@ -1,0 +1,613 @@
+//! Unit tests of the state machine: every command, its index bookkeeping, and KV CAS.
+
+use registry::command::{Command, Register, Response};
+use registry::model::{Check, Node, Service, Status};
+use registry::State;
+
+fn node(name: &str, addr: &str) -> Node {
+    Node {
+        id: format!("id-{name}"),
+        node: name.into(),
+        address: addr.into(),
+        datacenter: "dc1".into(),
+        ..Node::default()
+    }
+}
+
+fn service(id: &str, name: &str, port: u16) -> Service {
+    Service {
+        id: id.into(),
+        service: name.into(),
+        port,
+        tags: vec!["v1".into()],
+        ..Service::default()
+    }
+}
+
+fn check(id: &str, service_id: &str, status: Status) -> Check {
+    Check {
+        check_id: id.into(),
+        name: id.into(),
+        service_id: service_id.into(),
+        status,
+        check_type: "ttl".into(),
+        ..Check::default()
+    }
+}
+
+fn reg(n: Node, s: Option<Service>, checks: Vec<Check>) -> Command {
+    Command::Register(Register {
+        node: n,
+        skip_node_update: false,
+        service: s,
+        checks,
+        replace_service_checks: false,
+    })
+}
+
+fn kv_set(key: &str, value: &str, cas: Option<u64>) -> Command {
+    Command::KvSet {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+        flags: 0,
+        cas,
+    }
+}
+
+#[test]
+fn register_creates_node_service_and_checks_with_indexes() {
+    let mut st = State::new();
+    let r = st.apply(
+        5,
+        &reg(
+            node("n1", "10.0.0.1"),
+            Some(service("web-1", "web", 80)),
+            vec![check("c1", "web-1", Status::Passing)],
+        ),
+    );
+    assert_eq!(r, Response::Done);
+    let n = st.node("n1").expect("node");
+    assert_eq!((n.create_index, n.modify_index), (5, 5));
+    let s = st.service("n1", "web-1").expect("service");
+    assert_eq!((s.create_index, s.modify_index), (5, 5));
+    let c = st.check("n1", "c1").expect("check");
+    assert_eq!(c.service_name, "web");
+    assert_eq!(c.service_tags, vec!["v1".to_string()]);
+    assert_eq!(c.node, "n1");
+    assert_eq!((c.create_index, c.modify_index), (5, 5));
+    assert_eq!(st.service_index("web"), 5);
+    assert_eq!(st.node_index("n1"), 5);
+    assert_eq!(st.indexes().services, 5);
+    assert_eq!(st.indexes().checks, 5);
+    assert_eq!(st.applied_index(), 5);
+}
+
+#[test]
+fn identical_reregistration_changes_no_index() {
+    let mut st = State::new();
+    let cmd = reg(
+        node("n1", "10.0.0.1"),
+        Some(service("web-1", "web", 80)),
+        vec![check("c1", "web-1", Status::Passing)],
+    );
+    st.apply(3, &cmd);
+    let before = st.clone();
+    st.apply(9, &cmd);
+    assert_eq!(st.service_index("web"), 3);
+    assert_eq!(st.node("n1"), before.node("n1"));
+    assert_eq!(st.service("n1", "web-1"), before.service("n1", "web-1"));
+    assert_eq!(st.check("n1", "c1"), before.check("n1", "c1"));
+    assert_eq!(st.applied_index(), 9);
+}
+
+#[test]
+fn service_update_keeps_create_index_and_bumps_modify() {
+    let mut st = State::new();
+    st.apply(
+        2,
+        &reg(node("n1", "a"), Some(service("web-1", "web", 80)), vec![]),
+    );
+    st.apply(
+        4,
+        &reg(node("n1", "a"), Some(service("web-1", "web", 81)), vec![]),
+    );
+    let s = st.service("n1", "web-1").expect("service");
+    assert_eq!((s.create_index, s.modify_index, s.port), (2, 4, 81));
+    assert_eq!(st.service_index("web"), 4);
+}
+
+#[test]
+fn per_service_index_is_not_moved_by_other_services() {
+    let mut st = State::new();
+    st.apply(
+        2,
+        &reg(node("n1", "a"), Some(service("web-1", "web", 80)), vec![]),
+    );
+    st.apply(
+        3,
+        &reg(node("n1", "a"), Some(service("db-1", "db", 5432)), vec![]),
+    );
+    st.apply(4, &kv_set("k", "v", None));
+    assert_eq!(st.service_index("web"), 2);
+    assert_eq!(st.service_index("db"), 3);
+    // A node-level check affects every service on the node.
+    st.apply(
+        6,
+        &reg(
+            node("n1", "a"),
+            None,
+            vec![check("node-ok", "", Status::Passing)],
+        ),
+    );
+    assert_eq!(st.service_index("web"), 6);
+    assert_eq!(st.service_index("db"), 6);
+}
+
+#[test]
+fn service_rename_moves_instance_and_bumps_both_names() {
+    let mut st = State::new();
+    st.apply(
+        2,
+        &reg(
+            node("n1", "a"),
+            Some(service("s1", "old", 80)),
+            vec![check("c", "s1", Status::Passing)],
+        ),
+    );
+    st.apply(
+        3,
+        &reg(node("n1", "a"), Some(service("s1", "new", 80)), vec![]),
+    );
+    assert!(st.service_instances("old").is_empty());
+    assert_eq!(st.service_instances("new").len(), 1);
+    assert_eq!(st.service_index("old"), 3);
+    assert_eq!(st.service_index("new"), 3);
+    assert_eq!(st.check("n1", "c").expect("check").service_name, "new");
+}
+
+#[test]
+fn register_rejects_check_for_unknown_service_and_changes_nothing() {
+    let mut st = State::new();
+    st.apply(1, &reg(node("n1", "a"), None, vec![]));
+    let before = st.clone();
+    let r = st.apply(
+        2,
+        &reg(
+            node("n1", "b"),
+            None,
+            vec![check("c", "nope", Status::Passing)],
+        ),
+    );
+    assert!(
+        matches!(r, Response::Rejected(ref m) if m.contains("nope")),
+        "{r:?}"
+    );
+    assert_eq!(st.node("n1"), before.node("n1"));
+    assert_eq!(st.indexes(), before.indexes());
+}
+
+#[test]
+fn register_rejects_new_node_without_address() {
+    let mut st = State::new();
+    let r = st.apply(1, &reg(node("n1", ""), None, vec![]));
+    assert!(matches!(r, Response::Rejected(_)));
+    assert!(st.node("n1").is_none());
+}
+
+#[test]
+fn skip_node_update_leaves_node_alone() {
+    let mut st = State::new();
+    st.apply(1, &reg(node("n1", "10.0.0.1"), None, vec![]));
+    let cmd = Command::Register(Register {
+        node: node("n1", "10.9.9.9"),
+        skip_node_update: true,
+        service: Some(service("web-1", "web", 80)),
+        checks: vec![],
+        replace_service_checks: false,
+    });
+    assert_eq!(st.apply(2, &cmd), Response::Done);
+    assert_eq!(st.node("n1").expect("node").address, "10.0.0.1");
+    assert_eq!(st.node("n1").expect("node").modify_index, 1);
+}
+
+#[test]
+fn replace_service_checks_removes_checks_not_listed() {
+    let mut st = State::new();
+    st.apply(
+        1,
+        &reg(
+            node("n1", "a"),
+            Some(service("web-1", "web", 80)),
+            vec![
+                check("c1", "web-1", Status::Passing),
+                check("c2", "web-1", Status::Passing),
+            ],
+        ),
+    );
+    let cmd = Command::Register(Register {
+        node: node("n1", "a"),
+        skip_node_update: true,
+        service: Some(service("web-1", "web", 80)),
+        checks: vec![check("c1", "web-1", Status::Passing)],
+        replace_service_checks: true,
+    });
+    st.apply(2, &cmd);
+    assert!(st.check("n1", "c1").is_some());
+    assert!(st.check("n1", "c2").is_none());
+    assert_eq!(st.indexes().checks, 2);
+}
+
+#[test]
+fn deregister_check_service_and_node() {
+    let mut st = State::new();
+    st.apply(
+        1,
+        &reg(
+            node("n1", "a"),
+            Some(service("web-1", "web", 80)),
+            vec![
+                check("c1", "web-1", Status::Passing),
+                check("nc", "", Status::Passing),
+            ],
+        ),
+    );
+    st.apply(
+        2,
+        &reg(node("n1", "a"), Some(service("db-1", "db", 1)), vec![]),
+    );
+    st.apply(
+        3,
+        &reg(node("n2", "b"), Some(service("web-2", "web", 80)), vec![]),
+    );
+
+    // One check.
+    st.apply(
+        4,
+        &Command::Deregister {
+            node: "n1".into(),
+            service_id: None,
+            check_id: Some("nc".into()),
+        },
+    );
+    assert!(st.check("n1", "nc").is_none());
+    assert_eq!(st.indexes().checks, 4);
+
+    // One service with its checks.
+    st.apply(
+        5,
+        &Command::Deregister {
+            node: "n1".into(),
+            service_id: Some("web-1".into()),
+            check_id: None,
+        },
+    );
+    assert!(st.service("n1", "web-1").is_none());
+    assert!(st.check("n1", "c1").is_none());
+    assert_eq!(st.service_instances("web").len(), 1);
+    assert_eq!(st.service_index("web"), 5);
+    // The node-level check removed at 4 was part of db's health too.
+    assert_eq!(st.service_index("db"), 4);
+
+    // The whole node.
+    st.apply(
+        6,
+        &Command::Deregister {
+            node: "n1".into(),
+            service_id: None,
+            check_id: None,
+        },
+    );
+    assert!(st.node("n1").is_none());
+    assert!(st.service("n1", "db-1").is_none());
+    assert_eq!(st.service_index("db"), 6);
+    assert_eq!(st.indexes().nodes, 6);
+    assert_eq!(st.nodes().count(), 1);
+
+    // Deregistering what is not there is a no-op.
+    let before = st.indexes().clone();
+    st.apply(
+        7,
+        &Command::Deregister {
+            node: "zz".into(),
+            service_id: None,
+            check_id: None,
+        },
+    );
+    assert_eq!(st.indexes(), &before);
+}
+
+#[test]
+fn node_names_that_share_a_prefix_are_distinct() {
+    let mut st = State::new();
+    st.apply(
+        1,
+        &reg(node("n", "a"), Some(service("s", "web", 1)), vec![]),
+    );
+    st.apply(
+        2,
+        &reg(node("n1", "b"), Some(service("s", "web", 2)), vec![]),
+    );
+    assert_eq!(st.node_services("n").count(), 1);
+    st.apply(
+        3,
+        &Command::Deregister {
+            node: "n".into(),
+            service_id: None,
+            check_id: None,
+        },
+    );
+    assert!(st.service("n1", "s").is_some());
+}
+
+#[test]
+fn update_check_writes_only_changes() {
+    let mut st = State::new();
+    st.apply(
+        1,
+        &reg(
+            node("n1", "a"),
+            Some(service("web-1", "web", 80)),
+            vec![check("c1", "web-1", Status::Critical)],
+        ),
+    );
+    let upd = |status, out: &str| Command::UpdateCheck {
+        node: "n1".into(),
+        check_id: "c1".into(),
+        status,
+        output: out.into(),
+    };
+    assert_eq!(st.apply(2, &upd(Status::Passing, "ok")), Response::Done);
+    let c = st.check("n1", "c1").expect("check");
+    assert_eq!(
+        (c.status, c.output.as_str(), c.modify_index, c.create_index),
+        (Status::Passing, "ok", 2, 1)
+    );
+    assert_eq!(st.service_index("web"), 2);
+    // Same status and output: nothing moves.
+    st.apply(3, &upd(Status::Passing, "ok"));
+    assert_eq!(st.check("n1", "c1").expect("check").modify_index, 2);
+    assert_eq!(st.service_index("web"), 2);
+    // Unknown check: rejected.
+    let r = st.apply(
+        4,
+        &Command::UpdateCheck {
+            node: "n1".into(),
+            check_id: "zz".into(),
+            status: Status::Passing,
+            output: String::new(),
+        },
+    );
+    assert!(matches!(r, Response::Rejected(_)));
+}
+
+#[test]
+fn health_service_aggregates_node_and_service_checks() {
+    let mut st = State::new();
+    st.apply(
+        1,
+        &reg(
+            node("n1", "a"),
+            Some(service("web-1", "web", 80)),
+            vec![
+                check("c1", "web-1", Status::Passing),
+                check("node", "", Status::Passing),
+            ],
+        ),
+    );
+    st.apply(
+        2,
+        &reg(
+            node("n1", "a"),
+            Some(service("web-2", "web", 81)),
+            vec![check("c2", "web-2", Status::Warning)],
+        ),
+    );
+    let h = st.health_service("web");
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[0].checks.len(), 2);
+    assert_eq!(h[0].status(), Status::Passing);
+    assert_eq!(h[1].status(), Status::Warning);
+    st.apply(
+        3,
+        &Command::UpdateCheck {
+            node: "n1".into(),
+            check_id: "node".into(),
+            status: Status::Critical,
+            output: String::new(),
+        },
+    );
+    assert!(st
+        .health_service("web")
+        .iter()
+        .all(|e| e.status() == Status::Critical));
+    assert_eq!(st.checks_in_state(Some(Status::Critical)).len(), 1);
+    assert_eq!(st.checks_in_state(None).len(), 3);
+    assert_eq!(st.service_checks("web").len(), 2);
+}
+
+#[test]
+fn kv_set_plain_and_indexes() {
+    let mut st = State::new();
+    assert_eq!(st.apply(1, &kv_set("a/b", "x", None)), Response::Cas(true));
+    assert_eq!(st.apply(2, &kv_set("a/b", "y", None)), Response::Cas(true));
+    let e = st.kv_get("a/b").expect("entry");
+    assert_eq!(
+        (e.create_index, e.modify_index, e.value.as_slice()),
+        (1, 2, b"y".as_slice())
+    );
+    assert_eq!(st.kv_key_index("a/b"), 2);
+    assert_eq!(st.indexes().kv, 2);
+    st.apply(
+        3,
+        &Command::KvSet {
+            key: "f".into(),
+            value: vec![],
+            flags: 42,
+            cas: None,
+        },
+    );
+    assert_eq!(st.kv_get("f").expect("f").flags, 42);
+}
+
+#[test]
+fn kv_cas() {
+    let mut st = State::new();
+    // cas=0 creates only.
+    assert_eq!(st.apply(1, &kv_set("k", "1", Some(0))), Response::Cas(true));
+    assert_eq!(
+        st.apply(2, &kv_set("k", "2", Some(0))),
+        Response::Cas(false)
+    );
+    assert_eq!(st.kv_get("k").expect("k").value, b"1");
+    // Wrong index fails and changes nothing; the right one succeeds.
+    assert_eq!(
+        st.apply(3, &kv_set("k", "3", Some(7))),
+        Response::Cas(false)
+    );
+    assert_eq!(st.kv_get("k").expect("k").modify_index, 1);
+    assert_eq!(st.apply(4, &kv_set("k", "4", Some(1))), Response::Cas(true));
+    let e = st.kv_get("k").expect("k");
+    assert_eq!(
+        (e.modify_index, e.create_index, e.value.as_slice()),
+        (4, 1, b"4".as_slice())
+    );
+    assert_eq!(st.indexes().kv, 4);
+}
+
+#[test]
+fn kv_delete_single_recurse_and_cas() {
+    let mut st = State::new();
+    for (i, k) in ["app/a", "app/b", "app/c/d", "apple", "z"]
+        .iter()
+        .enumerate()
+    {
+        st.apply(i as u64 + 1, &kv_set(k, "v", None));
+    }
+    assert_eq!(st.kv_keys("app/", None), vec!["app/a", "app/b", "app/c/d"]);
+    assert_eq!(
+        st.kv_keys("app/", Some("/")),
+        vec!["app/a", "app/b", "app/c/"]
+    );
+    assert_eq!(st.kv_keys("", Some("/")), vec!["app/", "apple", "z"]);
+    assert!(st.kv_keys("nothing/", None).is_empty());
+
+    // CAS delete at the wrong index fails.
+    let r = st.apply(
+        10,
+        &Command::KvDelete {
+            key: "z".into(),
+            recurse: false,
+            cas: Some(1),
+        },
+    );
+    assert_eq!(r, Response::Cas(false));
+    assert!(st.kv_get("z").is_some());
+    let r = st.apply(
+        11,
+        &Command::KvDelete {
+            key: "z".into(),
+            recurse: false,
+            cas: Some(5),
+        },
+    );
+    assert_eq!(r, Response::Cas(true));
+    assert!(st.kv_get("z").is_none());
+    assert_eq!(st.indexes().kv_delete, 11);
+
+    // Recursive delete takes the prefix only.
+    st.apply(
+        12,
+        &Command::KvDelete {
+            key: "app/".into(),
+            recurse: true,
+            cas: None,
+        },
+    );
+    assert!(st.kv_prefix("app/").next().is_none());
+    assert!(st.kv_get("apple").is_some());
+    assert_eq!(st.kv_prefix_index("app/"), 12);
+
+    // Deleting a missing key is a success that changes nothing.
+    let before = st.indexes().clone();
+    assert_eq!(
+        st.apply(
+            13,
+            &Command::KvDelete {
+                key: "nope".into(),
+                recurse: false,
+                cas: None
+            }
+        ),
+        Response::Cas(true)
+    );
+    assert_eq!(st.indexes(), &before);
+}
+
+#[test]
+fn image_round_trip_keeps_everything() {
+    let mut st = State::new();
+    st.apply(
+        1,
+        &reg(
+            node("n1", "a"),
+            Some(service("web-1", "web", 80)),
+            vec![check("c1", "web-1", Status::Passing)],
+        ),
+    );
+    st.apply(2, &kv_set("k", "v", None));
+    st.apply(
+        3,
+        &Command::Deregister {
+            node: "n1".into(),
+            service_id: Some("web-1".into()),
+            check_id: None,
+        },
+    );
+    st.apply(
+        4,
+        &reg(node("n2", "b"), Some(service("db", "db", 1)), vec![]),
+    );
+    let json = serde_json::to_vec(&st.image()).expect("serialize");
+    let back = State::from_image(serde_json::from_slice(&json).expect("deserialize"));
+    assert_eq!(back, st);
+    assert_eq!(back.service_index("web"), 3);
+    assert_eq!(back.service_instances("db").len(), 1);
+}
+
+#[test]
+fn commands_round_trip_through_json() {
+    let cmds = vec![
+        reg(
+            node("n1", "a"),
+            Some(service("s", "web", 1)),
+            vec![check("c", "s", Status::Warning)],
+        ),
+        Command::Deregister {
+            node: "n1".into(),
+            service_id: None,
+            check_id: Some("c".into()),
+        },
+        Command::UpdateCheck {
+            node: "n".into(),
+            check_id: "c".into(),
+            status: Status::Critical,
+            output: "x".into(),
+        },
+        Command::KvSet {
+            key: "k".into(),
+            value: vec![0, 255, 10],
+            flags: 3,
+            cas: Some(0),
+        },
+        Command::KvDelete {
+            key: "k".into(),
+            recurse: true,
+            cas: None,
+        },
+    ];
+    for c in cmds {
+        let j = serde_json::to_string(&c).expect("ser");
+        let back: Command = serde_json::from_str(&j).expect("de");
+        assert_eq!(back, c);
+    }
+}
