@@ -187,7 +187,7 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
+async fn run(args: Args) -> anyhow::Result<String> {
     anyhow::ensure!(args.clients >= 1, "--clients must be at least 1");
     anyhow::ensure!(
         args.duration.is_finite() && args.duration > 0.0,
@@ -231,16 +231,19 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     if let Some(e) = &first_error {
         eprintln!("regbench: {errors} errors; first: {e}");
     }
-    Ok(json!({
-        "target": args.target.name(),
-        "clients": args.clients,
-        "requests": requests,
-        "errors": errors,
-        "duration_s": round3(elapsed),
-        "writes_per_s": round3(requests as f64 / elapsed),
-        "p50_ms": round3(percentile_ms(&latencies, 50.0)),
-        "p99_ms": round3(percentile_ms(&latencies, 99.0)),
-    }))
+    // Fields in a fixed, readable order (serde_json sorts object keys).
+    Ok(format!(
+        "{{\"target\":\"{}\",\"clients\":{},\"requests\":{},\"errors\":{},\
+         \"duration_s\":{},\"writes_per_s\":{},\"p50_ms\":{},\"p99_ms\":{}}}",
+        args.target.name(),
+        args.clients,
+        requests,
+        errors,
+        round3(elapsed),
+        round3(requests as f64 / elapsed),
+        round3(percentile_ms(&latencies, 50.0)),
+        round3(percentile_ms(&latencies, 99.0)),
+    ))
 }
 
 fn main() -> ExitCode {
