@@ -7,6 +7,9 @@ use crate::model::{Check, Node, Service, Status};
 
 /// One replicated write. Later issues add config entries, ACLs, CA roots and virtual IPs as
 /// further variants; an old log never contains them, so adding variants is compatible.
+// Commands are built once per write and moved into the log; boxing `Register` would only add
+// an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum Command {
     /// Consul's catalog register: upsert a node, and optionally one service instance and checks.
