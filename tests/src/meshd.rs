@@ -278,13 +278,24 @@ async fn spawn(opts: &MeshdOptions, data_dir: &Path, log_path: &Path) -> (Child,
     let opts = opts.clone();
     let data_dir = data_dir.to_path_buf();
     let log_path = log_path.to_path_buf();
-    tokio::task::spawn_blocking(move || spawn_blocking(&opts, &data_dir, &log_path))
+    let bin = meshd_bin();
+    match tokio::task::spawn_blocking(move || spawn_blocking(&bin, &opts, &data_dir, &log_path))
         .await
-        .expect("the meshd start task panicked")
+    {
+        Ok(Ok(started)) => started,
+        Ok(Err(why)) => panic!("{why}"),
+        Err(e) => panic!("the meshd start task failed: {e}"),
+    }
 }
 
-fn spawn_blocking(opts: &MeshdOptions, data_dir: &Path, log_path: &Path) -> (Child, Serving) {
-    let bin = meshd_bin();
+/// Spawns meshd and blocks until its serving line; the error says why it did not serve, with
+/// the tail of its log.
+fn spawn_blocking(
+    bin: &Path,
+    opts: &MeshdOptions,
+    data_dir: &Path,
+    log_path: &Path,
+) -> Result<(Child, Serving), String> {
     let mut log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -312,7 +323,7 @@ fn spawn_blocking(opts: &MeshdOptions, data_dir: &Path, log_path: &Path) -> (Chi
         args.join(" ")
     );
     let stderr = log.try_clone().expect("clone the meshd log file handle");
-    let mut cmd = Command::new(&bin);
+    let mut cmd = Command::new(bin);
     cmd.args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -323,7 +334,7 @@ fn spawn_blocking(opts: &MeshdOptions, data_dir: &Path, log_path: &Path) -> (Chi
     }
     let mut child = cmd
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
     let stdout = child.stdout.take().expect("meshd stdout is piped");
 
     let (tx, rx) = mpsc::channel();
@@ -350,28 +361,31 @@ fn spawn_blocking(opts: &MeshdOptions, data_dir: &Path, log_path: &Path) -> (Chi
 
     match rx.recv_timeout(START_TIMEOUT) {
         Ok(StdoutEvent::Serving(s)) => {
-            assert!(
-                s.http.starts_with("http://"),
-                "serving line has an http= that is not an http:// URL: {s:?}"
-            );
-            (child, s)
+            if !s.http.starts_with("http://") {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "serving line has an http= that is not an http:// URL: {s:?}"
+                ));
+            }
+            Ok((child, s))
         }
         Ok(StdoutEvent::Eof(lines)) => {
             let status = child.wait().ok();
-            panic!(
+            Err(format!(
                 "meshd exited before printing its serving line (status {status:?}); stdout: \
                  {lines:?}\n---- meshd log ----\n{}",
                 log_tail(log_path)
-            );
+            ))
         }
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
+            Err(format!(
                 "meshd did not print `{SERVING_PREFIX} http=...` within {START_TIMEOUT:?}\n\
                  ---- meshd log ----\n{}",
                 log_tail(log_path)
-            );
+            ))
         }
     }
 }

@@ -207,29 +207,37 @@ async fn every_response_has_a_consul_index() {
     register(api, "idx-1", "idx", "a").await;
     api.put("/v1/kv/idx/a", "v").await.expect_true();
 
+    // (path, status, whether it is a registry read that also reports X-Consul-KnownLeader)
     let paths = [
-        ("/v1/kv/idx/a", 200),
-        ("/v1/kv/does/not/exist", 404),
-        ("/v1/kv/does/not/?recurse", 404),
-        ("/v1/agent/service/no-such-id", 404),
-        ("/v1/catalog/services", 200),
-        ("/v1/catalog/service/idx", 200),
-        ("/v1/catalog/service/no-such-service", 200),
-        ("/v1/catalog/nodes", 200),
-        ("/v1/health/service/idx", 200),
-        ("/v1/health/service/no-such-service", 200),
-        ("/v1/health/checks/idx", 200),
-        ("/v1/health/state/any", 200),
+        ("/v1/kv/idx/a", 200, true),
+        ("/v1/kv/does/not/exist", 404, true),
+        ("/v1/kv/does/not/?recurse", 404, true),
+        ("/v1/agent/service/no-such-id", 404, false),
+        ("/v1/catalog/services", 200, true),
+        ("/v1/catalog/service/idx", 200, true),
+        ("/v1/catalog/service/no-such-service", 200, true),
+        ("/v1/catalog/nodes", 200, true),
+        ("/v1/health/service/idx", 200, true),
+        ("/v1/health/service/no-such-service", 200, true),
+        ("/v1/health/checks/idx", 200, true),
+        ("/v1/health/state/any", 200, true),
     ];
-    for (path, want) in paths {
+    for (path, want, registry_read) in paths {
         let r = api.get(path).await;
         assert_eq!(r.status, want, "GET {path}: {}", r.text());
         let idx = r.must_index();
         assert!(idx >= 1, "GET {path}: X-Consul-Index {idx} < 1");
-        assert!(
-            r.header("X-Consul-KnownLeader").is_some(),
-            "GET {path}: no X-Consul-KnownLeader"
-        );
+        if registry_read {
+            assert_eq!(
+                r.header("X-Consul-KnownLeader").as_deref(),
+                Some("true"),
+                "GET {path}: X-Consul-KnownLeader"
+            );
+            assert!(
+                r.header("X-Consul-LastContact").is_some(),
+                "GET {path}: no X-Consul-LastContact"
+            );
+        }
     }
     // A service nobody registered: its own index is still >= 1, so a client can block on it.
     let r = api.get("/v1/health/service/never-registered").await;
