@@ -1,0 +1,324 @@
+//! The Raft log and vote in sled (openraft storage-v2 `RaftLogStorage`).
+//!
+//! Trees:
+//! - `logs`: key = log index as 8 big-endian bytes (so keys sort by index), value = the
+//!   serde_json of the [`Entry`];
+//! - `meta`: `vote`, `committed` and `last_purged` (serde_json of the vote / log IDs).
+//!
+//! `save_vote`, `append` and `truncate` flush sled before they return (`append` only then
+//! reports the entries as persisted), so nothing is acknowledged before it is durable. `purge`
+//! and `save_committed` do not flush: losing them in a crash only means re-reading or
+//! re-applying entries that are still covered by the log or the (already flushed) snapshot.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::metrics::RaftMetrics;
+use super::types::{flush, Entry, LogId, StorageError, StoreError, TypeConfig, Vote};
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const LAST_PURGED: &str = "last_purged";
+
+/// The sled-backed Raft log store; clones share the same trees.
+#[derive(Clone)]
+pub struct LogStore {
+    logs: sled::Tree,
+    meta: sled::Tree,
+    metrics: RaftMetrics,
+    /// Held by every clone: the registry waits for all to be dropped on shutdown.
+    _holder: Arc<()>,
+}
+
+/// What the log holds, for diagnostics and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogStats {
+    /// Entries currently in the `logs` tree.
+    pub entries: u64,
+    pub first_index: Option<u64>,
+    pub last_index: Option<u64>,
+    /// Index of the last purged entry (every entry up to it was removed).
+    pub last_purged_index: Option<u64>,
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn key_index(key: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = key.try_into().map_err(|_| {
+        StoreError::corrupt(
+            "log key",
+            format!("expected 8 bytes, found {} ({key:02x?})", key.len()),
+        )
+    })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// Decodes one `logs` record and checks that the entry's index is its key's.
+fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, StoreError> {
+    let index = key_index(key)?;
+    let entry: Entry = serde_json::from_slice(value)
+        .map_err(|e| StoreError::corrupt(format!("log entry at index {index}"), e))?;
+    if entry.log_id.index != index {
+        return Err(StoreError::corrupt(
+            format!("log entry at index {index}"),
+            format!("it carries log id {}", entry.log_id),
+        ));
+    }
+    Ok(entry)
+}
+
+/// First and last included index of `range`, or `None` when it is empty.
+fn index_bounds<RB: RangeBounds<u64>>(range: &RB) -> Option<(u64, u64)> {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e,
+        Bound::Excluded(&e) => e.checked_sub(1)?,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start <= end).then_some((start, end))
+}
+
+impl LogStore {
+    /// Opens the `logs` and `meta` trees of `db` with metrics that are not registered anywhere.
+    pub fn open(db: &sled::Db) -> Result<LogStore, StoreError> {
+        LogStore::open_with_metrics(db, RaftMetrics::default(), Arc::default())
+    }
+
+    pub(crate) fn open_with_metrics(
+        db: &sled::Db,
+        metrics: RaftMetrics,
+        holder: Arc<()>,
+    ) -> Result<LogStore, StoreError> {
+        Ok(LogStore {
+            logs: db.open_tree("logs")?,
+            meta: db.open_tree("meta")?,
+            metrics,
+            _holder: holder,
+        })
+    }
+
+    /// Reads every stored record and checks it: the meta values decode, every log entry decodes
+    /// and sits under its own index, the indexes are consecutive and follow the last purged one.
+    pub fn verify(&self) -> Result<LogStats, StoreError> {
+        let _: Option<Vote> = self.get_meta(VOTE)?;
+        let _: Option<LogId> = self.get_meta(COMMITTED)?;
+        let stats = self.stats()?;
+        let mut expected = stats.last_purged_index.map(|p| p + 1);
+        for item in self.logs.iter() {
+            let (k, v) = item?;
+            let entry = decode_entry(&k, &v)?;
+            let index = entry.log_id.index;
+            if let Some(want) = expected {
+                if index != want {
+                    return Err(StoreError::corrupt(
+                        "raft log",
+                        format!("entry {want} is missing (next stored entry is {index})"),
+                    ));
+                }
+            }
+            expected = Some(index + 1);
+        }
+        Ok(stats)
+    }
+
+    /// Counts and bounds of the stored log.
+    pub fn stats(&self) -> Result<LogStats, StoreError> {
+        let first_index = match self.logs.first()? {
+            Some((k, _)) => Some(key_index(&k)?),
+            None => None,
+        };
+        let last_index = match self.logs.last()? {
+            Some((k, _)) => Some(key_index(&k)?),
+            None => None,
+        };
+        let last_purged: Option<LogId> = self.get_meta(LAST_PURGED)?;
+        Ok(LogStats {
+            entries: self.logs.len() as u64,
+            first_index,
+            last_index,
+            last_purged_index: last_purged.map(|l| l.index),
+        })
+    }
+
+    fn get_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        match self.meta.get(key)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::corrupt(format!("raft meta {key:?}"), e)),
+        }
+    }
+
+    fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| StoreError::encode(format!("raft meta {key:?}"), e))?;
+        self.meta.insert(key, bytes)?;
+        Ok(())
+    }
+
+    fn read_entries(&self, start: u64, end: u64) -> Result<Vec<Entry>, StoreError> {
+        let mut entries = Vec::new();
+        for item in self.logs.range(index_key(start)..=index_key(end)) {
+            let (k, v) = item?;
+            entries.push(decode_entry(&k, &v)?);
+        }
+        Ok(entries)
+    }
+
+    fn last_log_id(&self) -> Result<Option<LogId>, StoreError> {
+        match self.logs.last()? {
+            Some((k, v)) => Ok(Some(decode_entry(&k, &v)?.log_id)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let Some((start, end)) = index_bounds(&range) else {
+            return Ok(Vec::new());
+        };
+        self.read_entries(start, end)
+            .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Read))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self
+            .get_meta(LAST_PURGED)
+            .map_err(|e| e.into_storage(ErrorSubject::Store, ErrorVerb::Read))?;
+        let last = self
+            .last_log_id()
+            .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Read))?;
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last.or(last_purged_log_id),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogStore {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.put_meta(VOTE, vote)
+            .map_err(|e| e.into_storage(ErrorSubject::Vote, ErrorVerb::Write))?;
+        flush(&self.meta)
+            .await
+            .map_err(|e| e.into_storage(ErrorSubject::Vote, ErrorVerb::Write))?;
+        tracing::debug!(%vote, "saved vote");
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get_meta(VOTE)
+            .map_err(|e| e.into_storage(ErrorSubject::Vote, ErrorVerb::Read))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let res = match committed {
+            Some(c) => self.put_meta(COMMITTED, &c),
+            None => self
+                .meta
+                .remove(COMMITTED)
+                .map(|_| ())
+                .map_err(StoreError::from),
+        };
+        res.map_err(|e| e.into_storage(ErrorSubject::Store, ErrorVerb::Write))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        self.get_meta(COMMITTED)
+            .map_err(|e| e.into_storage(ErrorSubject::Store, ErrorVerb::Read))
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        let mut last = None;
+        for entry in entries {
+            let value = serde_json::to_vec(&entry).map_err(|e| {
+                StoreError::encode(format!("log entry {}", entry.log_id), e)
+                    .into_storage(ErrorSubject::Log(entry.log_id), ErrorVerb::Write)
+            })?;
+            batch.insert(&index_key(entry.log_id.index), value);
+            last = Some(entry.log_id);
+        }
+        self.logs
+            .apply_batch(batch)
+            .map_err(|e| StoreError::from(e).into_storage(ErrorSubject::Logs, ErrorVerb::Write))?;
+        flush(&self.logs)
+            .await
+            .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Write))?;
+        if let Some(last) = last {
+            tracing::trace!(%last, "appended and flushed log entries");
+        }
+        // Only now, with the entries durable, may openraft count them as persisted.
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(%log_id, "truncating the log from this entry on");
+        let mut batch = sled::Batch::default();
+        for item in self.logs.range(index_key(log_id.index)..) {
+            let (k, _) = item.map_err(|e| {
+                StoreError::from(e).into_storage(ErrorSubject::Logs, ErrorVerb::Read)
+            })?;
+            batch.remove(k);
+        }
+        self.logs
+            .apply_batch(batch)
+            .map_err(|e| StoreError::from(e).into_storage(ErrorSubject::Logs, ErrorVerb::Delete))?;
+        flush(&self.logs)
+            .await
+            .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Delete))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Record the purge point first: entries at or before it are ignored from then on, so a
+        // crash in between leaves only dead entries behind.
+        self.put_meta(LAST_PURGED, &log_id)
+            .map_err(|e| e.into_storage(ErrorSubject::Store, ErrorVerb::Write))?;
+        let mut batch = sled::Batch::default();
+        let mut removed = 0u64;
+        for item in self.logs.range(..=index_key(log_id.index)) {
+            let (k, _) = item.map_err(|e| {
+                StoreError::from(e).into_storage(ErrorSubject::Logs, ErrorVerb::Read)
+            })?;
+            batch.remove(k);
+            removed += 1;
+        }
+        self.logs
+            .apply_batch(batch)
+            .map_err(|e| StoreError::from(e).into_storage(ErrorSubject::Logs, ErrorVerb::Delete))?;
+        self.metrics.purged.inc_by(removed);
+        tracing::debug!(%log_id, removed, "purged log entries");
+        Ok(())
+    }
+}
