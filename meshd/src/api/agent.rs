@@ -1,0 +1,329 @@
+//! `/v1/agent/...`: this agent's services (registered on the local node), `self` and `members`.
+//! The check endpoints and maintenance mode are in [`check`].
+//!
+//! Agent registrations write to the local node with `SkipNodeUpdate`, so they never change the
+//! node itself. A re-registration that changes nothing is applied as a no-op by the registry
+//! and bumps no index (Nomad re-registers every 30 s); for that, a re-registered check keeps
+//! its current status and output.
+
+mod check;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+use registry::{Check, Command, Consistency, Node, Register, Service};
+use serde_json::{json, Value};
+
+use super::blocking::{blocking_read, Params, QueryOptions};
+use super::decode::{self, ServiceDef};
+use super::definition::{build_service, build_service_checks};
+use super::error::ApiError;
+use super::types::{AgentService, Member};
+use super::{read_json, read_not_found, write, write_empty, ApiContext};
+use crate::local::{CONSUL_API_COMPAT_VERSION, MESHD_VERSION};
+pub use check::{
+    check_deregister, check_fail, check_pass, check_register, check_update, check_warn, checks,
+    node_maintenance, service_maintenance,
+};
+
+type Ctx = State<Arc<ApiContext>>;
+
+/// This agent's node, as agent registrations write it (with `SkipNodeUpdate`, it is only used
+/// when the node is not in the catalog yet).
+pub(super) fn local_node(ctx: &ApiContext) -> Node {
+    Node {
+        id: ctx.agent.node_id.clone(),
+        node: ctx.agent.node.clone(),
+        address: ctx.agent.address.clone(),
+        datacenter: ctx.agent.datacenter.clone(),
+        tagged_addresses: BTreeMap::new(),
+        meta: ctx.agent.node_meta.clone(),
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
+/// An existing local check's status and output carry over to its re-registration.
+pub(super) fn keep_current_status(ctx: &ApiContext, checks: &mut [Check]) {
+    let state = ctx.registry.read();
+    for c in checks {
+        if let Some(old) = state.check(&ctx.agent.node, &c.check_id) {
+            c.status = old.status;
+            c.output = old.output.clone();
+        }
+    }
+}
+
+/// A validated service registration, ready to write.
+struct Prepared {
+    service: Service,
+    checks: Vec<Check>,
+}
+
+fn prepare(ctx: &ApiContext, body: Value) -> Result<Prepared, ApiError> {
+    let def: ServiceDef = decode::decode(body, "service definition")?;
+    let service = build_service(&def)?;
+    let mut checks = build_service_checks(&def, &service)?;
+    keep_current_status(ctx, &mut checks);
+    Ok(Prepared { service, checks })
+}
+
+async fn commit(
+    ctx: &ApiContext,
+    p: Prepared,
+    replace_existing_checks: bool,
+) -> Result<u64, ApiError> {
+    let id = p.service.id.clone();
+    let applied = write(
+        ctx,
+        Command::Register(Register {
+            node: local_node(ctx),
+            skip_node_update: true,
+            service: Some(p.service),
+            checks: p.checks,
+            replace_service_checks: replace_existing_checks,
+        }),
+    )
+    .await?;
+    tracing::debug!(service = %id, index = applied.index, "service registered");
+    Ok(applied.index)
+}
+
+/// The service definitions of a `--config-dir` file: `{"service": {...}}` or
+/// `{"services": [...]}` (keys matched as the API matches them). `None` when `v` is not in
+/// that form (then it is a bare service definition).
+fn definition_file_services(v: &Value) -> Result<Option<Vec<Value>>, ApiError> {
+    let Some(obj) = v.as_object() else {
+        return Err(ApiError::bad("a service definition must be a JSON object"));
+    };
+    let mut out = Vec::new();
+    let mut found = false;
+    for (k, v) in obj {
+        match (decode::canonical(k), v) {
+            (Some("Service"), Value::Object(_)) => {
+                found = true;
+                out.push(v.clone());
+            }
+            (Some("Services"), Value::Array(items)) => {
+                found = true;
+                out.extend(items.iter().cloned());
+            }
+            (Some("Services"), _) => {
+                return Err(ApiError::bad(
+                    "\"services\" must be a list of service definitions",
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(found.then_some(out))
+}
+
+/// Registers a service definition on this agent: the code path of
+/// `PUT /v1/agent/service/register`. Also takes a whole `--config-dir` file
+/// (`{"service": {...}}` or `{"services": [...]}`), as [`load_definition_file`].
+pub async fn register_service_definition(
+    ctx: &ApiContext,
+    body: &Value,
+    replace_existing_checks: bool,
+) -> Result<(), ApiError> {
+    match definition_file_services(body)? {
+        Some(_) => load_definition_file(ctx, body).await.map(|_| ()),
+        None => {
+            let p = prepare(ctx, body.clone())?;
+            commit(ctx, p, replace_existing_checks).await.map(|_| ())
+        }
+    }
+}
+
+/// Registers every service of a `--config-dir` file (`{"service": {...}}` or
+/// `{"services": [...]}`); all are validated before any is written. Returns their IDs.
+pub async fn load_definition_file(ctx: &ApiContext, file: &Value) -> Result<Vec<String>, ApiError> {
+    let defs = definition_file_services(file)?.ok_or_else(|| {
+        ApiError::bad("a service definition file needs a \"service\" object or a \"services\" list")
+    })?;
+    let prepared = defs
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            prepare(ctx, d).map_err(|e| match e {
+                ApiError::BadRequest(m) => ApiError::BadRequest(format!("service #{}: {m}", i + 1)),
+                other => other,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut ids = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        ids.push(p.service.id.clone());
+        commit(ctx, p, false).await?;
+    }
+    Ok(ids)
+}
+
+/// `PUT /v1/agent/service/register[?replace-existing-checks]`
+pub async fn service_register(
+    State(ctx): Ctx,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    let replace = params.bool("replace-existing-checks")?.unwrap_or(false);
+    let value = decode::parse_json(&body, "service definition")?;
+    if !value.is_object() {
+        return Err(ApiError::bad(
+            "Request decode failed: service definition must be a JSON object",
+        ));
+    }
+    let p = prepare(&ctx, value)?;
+    let index = commit(&ctx, p, replace).await?;
+    Ok(write_empty(index))
+}
+
+/// `PUT /v1/agent/service/deregister/{id}`
+pub async fn service_deregister(
+    State(ctx): Ctx,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let exists = ctx.registry.read().service(&ctx.agent.node, &id).is_some();
+    if !exists {
+        return Err(ApiError::not_found(format!("Unknown service ID {id:?}")));
+    }
+    let applied = write(
+        &ctx,
+        Command::Deregister {
+            node: ctx.agent.node.clone(),
+            service_id: Some(id),
+            check_id: None,
+        },
+    )
+    .await?;
+    Ok(write_empty(applied.index))
+}
+
+/// `GET /v1/agent/services`: map of service ID to service, this node only.
+pub async fn services(State(ctx): Ctx, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let opts = QueryOptions::parse(&Params::parse(q.as_deref()))?;
+    let node = ctx.agent.node.clone();
+    let dc = ctx.agent.datacenter.clone();
+    let r = blocking_read(
+        &ctx,
+        &opts,
+        |s| s.node_index(&node),
+        |s| {
+            s.node_services(&node)
+                .map(|svc| (svc.id.clone(), AgentService::new(svc, &dc)))
+                .collect::<BTreeMap<_, _>>()
+        },
+    )
+    .await?;
+    Ok(read_json(r.index, &r.value))
+}
+
+/// `GET /v1/agent/service/{id}`
+pub async fn service(
+    State(ctx): Ctx,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let opts = QueryOptions::parse(&Params::parse(q.as_deref()))?;
+    let node = ctx.agent.node.clone();
+    let dc = ctx.agent.datacenter.clone();
+    let r = blocking_read(
+        &ctx,
+        &opts,
+        |s| s.node_index(&node),
+        |s| s.service(&node, &id).map(|svc| AgentService::new(svc, &dc)),
+    )
+    .await?;
+    match r.value {
+        Some(svc) => Ok(read_json(r.index, &svc)),
+        None => Ok(read_not_found(
+            r.index,
+            format!("unknown service ID {id:?}"),
+        )),
+    }
+}
+
+/// This agent as a member.
+fn self_member(ctx: &ApiContext) -> Member {
+    let a = &ctx.agent;
+    let role = if a.server { "consul" } else { "node" };
+    let mut m = Member::new(&a.node, &a.address, role, &a.datacenter, &a.node_id);
+    m.tags.insert(
+        "build".to_string(),
+        format!("{CONSUL_API_COMPAT_VERSION}:meshd-{MESHD_VERSION}"),
+    );
+    m
+}
+
+/// `GET /v1/agent/self`
+pub async fn agent_self(State(ctx): Ctx) -> Result<Response, ApiError> {
+    let a = &ctx.agent;
+    let leader = ctx.registry.leader_info();
+    let index = ctx.registry.read().applied_index();
+    let body = json!({
+        "Config": {
+            "Datacenter": a.datacenter,
+            "PrimaryDatacenter": a.datacenter,
+            "NodeName": a.node,
+            "NodeID": a.node_id,
+            "Server": a.server,
+            "Revision": format!("meshd-{MESHD_VERSION}"),
+            "Version": CONSUL_API_COMPAT_VERSION,
+            "MeshdVersion": MESHD_VERSION,
+        },
+        "DebugConfig": {
+            "Datacenter": a.datacenter,
+            "NodeName": a.node,
+            "NodeID": a.node_id,
+            "ServerMode": a.server,
+            "ConnectEnabled": false,
+            "GRPCPort": -1,
+        },
+        "Coord": Value::Null,
+        "Member": self_member(&ctx),
+        "Meta": a.node_meta,
+        "Stats": {
+            "agent": {"check_monitors": "0"},
+            "build": {"version": CONSUL_API_COMPAT_VERSION, "meshd": MESHD_VERSION},
+            "consul": {
+                "server": a.server.to_string(),
+                "leader": leader.leader.as_deref().is_some_and(|l| {
+                    l == a.address || l == format!("{}:{}", a.address, super::types::MEMBER_PORT)
+                }).to_string(),
+                "known_servers": leader.peers.len().to_string(),
+            },
+        },
+        "xDS": Value::Null,
+    });
+    Ok(read_json(index, &body))
+}
+
+/// `GET /v1/agent/members`: the catalog's nodes as Serf members (this agent as in `self`).
+pub async fn members(State(ctx): Ctx, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    if params.bool("wan")?.unwrap_or(false) {
+        // No WAN pool: members are named "<node>.<dc>" there; this agent is the only one known.
+        let mut m = self_member(&ctx);
+        m.name = format!("{}.{}", m.name, ctx.agent.datacenter);
+        let index = ctx.registry.read().applied_index();
+        return Ok(read_json(index, &vec![m]));
+    }
+    ctx.registry.read_barrier(Consistency::Stale).await?;
+    let me = self_member(&ctx);
+    let (index, mut members) = {
+        let state = ctx.registry.read();
+        let members: Vec<Member> = state
+            .nodes()
+            .filter(|n| n.node != ctx.agent.node)
+            .map(|n| Member::new(&n.node, &n.address, "node", &n.datacenter, &n.id))
+            .collect();
+        (state.indexes().nodes, members)
+    };
+    members.push(me);
+    members.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(read_json(index, &members))
+}
