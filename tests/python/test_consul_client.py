@@ -82,15 +82,13 @@ class Meshd:
         while not self.fields:
             left = deadline - time.monotonic()
             if left <= 0:
-                self.stop()
-                raise RuntimeError(f"meshd did not serve within {START_TIMEOUT_S}s\n{self.read_log()}")
+                self._fail(f"meshd did not serve within {START_TIMEOUT_S}s")
             try:
                 line = lines.get(timeout=left)
             except queue.Empty:
                 continue
             if line is None:
-                code = self.proc.wait()
-                raise RuntimeError(f"meshd exited ({code}) before serving\n{self.read_log()}")
+                self._fail(f"meshd exited ({self.proc.wait()}) before serving")
             if line.startswith(SERVING_PREFIX):
                 for word in line[len(SERVING_PREFIX) :].split():
                     k, _, v = word.partition("=")
@@ -99,6 +97,12 @@ class Meshd:
         host, _, port = url.rpartition(":")
         self.host, self.port = host, int(port)
         self.base = f"http://{host}:{port}"
+
+    def _fail(self, why: str) -> None:
+        self.stop()
+        log = self.read_log()
+        self.cleanup()
+        raise RuntimeError(f"{why}\n---- meshd log ----\n{log}")
 
     def read_log(self) -> str:
         try:
