@@ -155,9 +155,17 @@ pub async fn load_definition_file(ctx: &ApiContext, file: &Value) -> Result<Vec<
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut ids = Vec::with_capacity(prepared.len());
-    for p in prepared {
+    let mut ids: Vec<String> = Vec::with_capacity(prepared.len());
+    for p in &prepared {
+        if ids.contains(&p.service.id) {
+            return Err(ApiError::bad(format!(
+                "service ID {:?} is defined twice in the file",
+                p.service.id
+            )));
+        }
         ids.push(p.service.id.clone());
+    }
+    for p in prepared {
         commit(ctx, p, false).await?;
     }
     Ok(ids)

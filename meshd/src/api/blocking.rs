@@ -256,8 +256,10 @@ pub async fn blocking_read<T>(
         )
         .await;
         tracing::debug!(?end, index = opts.index, "blocking query woke");
-        if end == WaitEnd::Changed && opts.consistency != Consistency::Stale {
-            // The data changed while we waited: confirm leadership again before answering.
+        if end == WaitEnd::Changed && opts.consistency == Consistency::Consistent {
+            // As Consul: `?consistent` confirms leadership again for the answer. The default
+            // mode confirmed it when the query arrived, which spares a burst of leadership
+            // checks when one write wakes thousands of waiters.
             ctx.registry.read_barrier(opts.consistency).await?;
         }
     }

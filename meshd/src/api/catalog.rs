@@ -12,7 +12,7 @@ use registry::{Command, Node, Register, Service};
 use super::blocking::{blocking_read, Params, QueryOptions};
 use super::decode::{self, CatalogDeregisterDef, CatalogRegisterDef};
 use super::definition::{
-    build_catalog_check, build_service, no_control, validate_meta, validate_name,
+    build_catalog_check, build_service, no_control, validate_ident, validate_meta, validate_name,
 };
 use super::error::ApiError;
 use super::types::{AgentService, CatalogNode, CatalogService};
@@ -53,7 +53,7 @@ pub async fn register(State(ctx): Ctx, body: Bytes) -> Result<Response, ApiError
     let def: CatalogRegisterDef = decode::decode_body(&body, "catalog registration")?;
     check_datacenter(&ctx, def.datacenter.as_deref())?;
     let node_name = def.node.clone().unwrap_or_default();
-    validate_name("node name", &node_name)?;
+    validate_ident("node name", &node_name)?;
     let skip_node_update = def.skip_node_update.unwrap_or(false);
     let address = def.address.clone().unwrap_or_default();
     if address.is_empty() && !skip_node_update {

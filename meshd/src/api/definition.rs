@@ -44,6 +44,33 @@ pub fn validate_name(what: &str, s: &str) -> Result<(), ApiError> {
     no_control(what, s)
 }
 
+/// A service name or ID, or a node name: a name (see [`validate_name`]) without whitespace,
+/// `/`, `\\` or `?`, so that it is one URL path segment.
+pub fn validate_ident(what: &str, s: &str) -> Result<(), ApiError> {
+    validate_name(what, s)?;
+    match s
+        .chars()
+        .find(|c| c.is_whitespace() || matches!(c, '/' | '\\' | '?'))
+    {
+        Some(c) => Err(ApiError::bad(format!(
+            "invalid {what} {s:?}: it must not contain {c:?} (no whitespace, '/', '\\' or '?')"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A check ID: a name (see [`validate_name`]) without `/` or `?`, so that
+/// `/v1/agent/check/.../{id}` can name it.
+pub fn validate_check_id(id: &str) -> Result<(), ApiError> {
+    validate_name("check ID", id)?;
+    match id.chars().find(|c| matches!(c, '/' | '?')) {
+        Some(c) => Err(ApiError::bad(format!(
+            "invalid check ID {id:?}: it must not contain {c:?}; give a CheckID"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Refuses control characters (they break logs, DNS and headers).
 pub fn no_control(what: &str, s: &str) -> Result<(), ApiError> {
     match s.chars().find(|c| c.is_control()) {
@@ -149,9 +176,9 @@ pub fn build_service(def: &ServiceDef) -> Result<Service, ApiError> {
         .filter(|n| !n.is_empty())
         .or(def.service.as_deref())
         .unwrap_or("");
-    validate_name("service name", name)?;
+    validate_ident("service name", name)?;
     let id = def.id.as_deref().filter(|i| !i.is_empty()).unwrap_or(name);
-    validate_name("service ID", id)?;
+    validate_ident("service ID", id)?;
     let kind = def.kind.clone().unwrap_or_default();
     if !KINDS.contains(&kind.as_str()) {
         return Err(ApiError::bad(format!(
@@ -380,7 +407,7 @@ pub fn build_agent_check(
         .or(default_name)
         .unwrap_or_default();
     validate_name("check name", name)?;
-    validate_name("check ID", id)?;
+    validate_check_id(id)?;
     let status = match def.status.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => parse_status(s)?,
         None => Status::Critical,
@@ -448,7 +475,7 @@ pub fn build_catalog_check(def: &CheckDef, node: &str) -> Result<Check, ApiError
         .or(def.id.as_deref().filter(|s| !s.is_empty()))
         .or(def.name.as_deref())
         .unwrap_or_default();
-    validate_name("check ID", id)?;
+    validate_check_id(id)?;
     let name = def.name.as_deref().filter(|s| !s.is_empty()).unwrap_or(id);
     no_control("check name", name)?;
     let status = match def.status.as_deref().filter(|s| !s.is_empty()) {
@@ -472,4 +499,89 @@ pub fn build_catalog_check(def: &CheckDef, node: &str) -> Result<Check, ApiError
         definition,
         ..Check::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::decode::decode;
+    use serde_json::json;
+
+    #[test]
+    fn names_and_keys() {
+        assert!(validate_ident("service name", "web-1.v2_x#3").is_ok());
+        for bad in ["", "a b", "a/b", "a?b", "a\\b", "a\u{7}b"] {
+            assert!(validate_ident("service name", bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_ident("service name", &"x".repeat(MAX_NAME_LEN + 1)).is_err());
+        assert!(validate_check_id("service:web:1").is_ok());
+        assert!(validate_check_id("disk usage").is_ok());
+        assert!(validate_check_id("a/b").is_err());
+        assert!(validate_kv_key("", true).is_ok());
+        assert!(validate_kv_key("", false).is_err());
+        assert!(validate_kv_key("app/config/", false).is_ok());
+        assert!(validate_kv_key("/abs", false).is_err());
+        assert!(validate_kv_key("a\nb", false).is_err());
+        assert!(validate_kv_key(&"k".repeat(MAX_KEY_LEN + 1), false).is_err());
+        let mut meta = BTreeMap::new();
+        meta.insert("ok_key-1".to_string(), "v".to_string());
+        assert!(validate_meta("Meta", &meta).is_ok());
+        meta.insert("bad.key".to_string(), "v".to_string());
+        assert!(validate_meta("Meta", &meta).is_err());
+    }
+
+    #[test]
+    fn output_is_truncated_on_a_char_boundary() {
+        assert_eq!(truncate_output("short".into()), "short");
+        let long = "é".repeat(MAX_OUTPUT_LEN);
+        let t = truncate_output(long.clone());
+        assert!(t.contains(&format!(
+            "(captured {MAX_OUTPUT_LEN} of {} bytes)",
+            long.len()
+        )));
+    }
+
+    #[test]
+    fn service_defaults_and_check_ids() {
+        let def = decode(
+            json!({"Name": "web", "Checks": [{"TTL": "5s"}, {"TCP": "localhost:80", "Interval": "10s"}]}),
+            "service",
+        )
+        .expect("decodes");
+        let s = build_service(&def).expect("valid");
+        assert_eq!((s.id.as_str(), s.weights), ("web", Weights::default()));
+        let checks = build_service_checks(&def, &s).expect("valid");
+        let ids: Vec<&str> = checks.iter().map(|c| c.check_id.as_str()).collect();
+        assert_eq!(ids, ["service:web:1", "service:web:2"]);
+        assert_eq!(checks[1].check_type, "tcp");
+        assert_eq!(checks[1].interval, "10s");
+        assert_eq!(checks[0].definition.ttl, "5s");
+        assert!(checks
+            .iter()
+            .all(|c| c.status == Status::Critical && c.service_id == "web"));
+
+        let dup = decode(
+            json!({"Name": "web", "Checks": [{"TTL": "5s", "ID": "a"}, {"TTL": "6s", "ID": "a"}]}),
+            "service",
+        )
+        .expect("decodes");
+        let s = build_service(&dup).expect("valid");
+        assert!(build_service_checks(&dup, &s).is_err());
+    }
+
+    #[test]
+    fn catalog_checks_are_not_run() {
+        let def = decode(
+            json!({"Name": "alive", "Status": "passing", "Definition": {"HTTP": "http://x/", "Interval": "30s"}}),
+            "check",
+        )
+        .expect("decodes");
+        let c = build_catalog_check(&def, "n1").expect("valid");
+        assert_eq!(c.check_id, "alive");
+        assert_eq!(c.status, Status::Passing);
+        assert_eq!(c.check_type, "");
+        assert_eq!(c.definition.interval, "30s");
+        let other = decode(json!({"CheckID": "c", "Node": "n2"}), "check").expect("decodes");
+        assert!(build_catalog_check(&other, "n1").is_err());
+    }
 }

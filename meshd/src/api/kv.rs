@@ -76,10 +76,8 @@ async fn get(State(ctx): Ctx, key: String, RawQuery(q): RawQuery) -> Result<Resp
             |s| s.kv_keys(&key, sep.as_deref()),
         )
         .await?;
-        // As Consul: no keys under a prefix is a 404, but the root answers `[]`.
-        if r.value.is_empty() && !key.is_empty() {
-            return Ok(read_not_found(r.index, format!("no keys under {key:?}")));
-        }
+        // No keys under a prefix is `[]`, not a 404 (Consul answers 404 except at the root;
+        // an empty list is what a listing means, and py-consul reads both as "nothing").
         return Ok(read_json(r.index, &r.value));
     }
 

@@ -290,6 +290,12 @@ async fn bad_registrations_are_400_and_change_nothing() {
         (r#"{"Name": "x", "Port": "80"}"#, "Port"),
         (r#"{"Name": "x", "Tags": "a"}"#, "Tags"),
         (r#"{"Name": "x\u0001y"}"#, "control character"),
+        (r#"{"Name": "bad name/with slash"}"#, "invalid service name"),
+        (r#"{"Name": "x", "ID": "a/b"}"#, "invalid service ID"),
+        (
+            r#"{"Name": "x", "Check": {"TTL": "5s", "CheckID": "a?b"}}"#,
+            "invalid check ID",
+        ),
         (r#"{"Name": "x", "Meta": {"bad key": "v"}}"#, "Meta"),
         (
             r#"{"Name": "x", "Check": {"Args": ["/bin/true"], "Interval": "10s"}}"#,
