@@ -4,7 +4,13 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `level` was validated with the config.
 pub fn init(level: &str, json: bool) {
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // openraft logs every vote and role change at info; keep it at warn unless asked for.
+    let spec = if level.contains("openraft") {
+        level.to_string()
+    } else {
+        format!("{level},openraft=warn")
+    };
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
