@@ -143,10 +143,7 @@ async fn register_node(registry: &Registry, agent: &AgentInfo) -> anyhow::Result
         }],
         replace_service_checks: false,
     });
-    let applied = registry
-        .write(cmd)
-        .await
-        .context("registering this node")?;
+    let applied = registry.write(cmd).await.context("registering this node")?;
     if let registry::Response::Rejected(why) = applied.response {
         anyhow::bail!("registering this node was rejected: {why}");
     }

@@ -251,7 +251,7 @@ impl CheckRunner {
             let keep = wanted.get(id) == Some(spec) && !handle.is_finished();
             if !keep {
                 handle.abort();
-                if wanted.get(id).is_none() {
+                if !wanted.contains_key(id) {
                     self.lock_ttl().remove(id);
                 }
             }
@@ -264,7 +264,8 @@ impl CheckRunner {
             let runner = self.clone();
             let token = cancel.child_token();
             let span = tracing::info_span!("check", id = %id, r#type = %spec.check_type);
-            let (check_id, def, kind) = (id.clone(), spec.definition.clone(), spec.check_type.clone());
+            let (check_id, def, kind) =
+                (id.clone(), spec.definition.clone(), spec.check_type.clone());
             let handle = tokio::spawn(
                 async move {
                     tokio::select! {
@@ -301,7 +302,9 @@ impl CheckRunner {
             };
             let m = &self.inner.metrics;
             m.duration
-                .get_or_create(&metrics::TypeLabels { r#type: kind.clone() })
+                .get_or_create(&metrics::TypeLabels {
+                    r#type: kind.clone(),
+                })
                 .observe(started.elapsed().as_secs_f64());
             m.results
                 .get_or_create(&metrics::ResultLabels {

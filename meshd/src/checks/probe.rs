@@ -18,7 +18,11 @@ impl HttpClients {
     pub fn new() -> Result<HttpClients, reqwest::Error> {
         let base = || {
             reqwest::Client::builder()
-                .user_agent(concat!("meshd/", env!("CARGO_PKG_VERSION"), " (health check)"))
+                .user_agent(concat!(
+                    "meshd/",
+                    env!("CARGO_PKG_VERSION"),
+                    " (health check)"
+                ))
                 .redirect(reqwest::redirect::Policy::limited(10))
                 .pool_max_idle_per_host(1)
         };
@@ -30,13 +34,30 @@ impl HttpClients {
 }
 
 /// Runs an HTTP check: 2xx is passing, 429 warning, anything else (or no answer) critical.
-pub async fn http(clients: &HttpClients, def: &CheckDefinition, timeout: Duration) -> (Status, String) {
-    let method_name = if def.method.is_empty() { "GET" } else { def.method.as_str() };
+pub async fn http(
+    clients: &HttpClients,
+    def: &CheckDefinition,
+    timeout: Duration,
+) -> (Status, String) {
+    let method_name = if def.method.is_empty() {
+        "GET"
+    } else {
+        def.method.as_str()
+    };
     let method = match reqwest::Method::from_bytes(method_name.as_bytes()) {
         Ok(m) => m,
-        Err(_) => return (Status::Critical, format!("invalid HTTP method {method_name:?}")),
+        Err(_) => {
+            return (
+                Status::Critical,
+                format!("invalid HTTP method {method_name:?}"),
+            )
+        }
     };
-    let client = if def.tls_skip_verify { &clients.insecure } else { &clients.verify };
+    let client = if def.tls_skip_verify {
+        &clients.insecure
+    } else {
+        &clients.verify
+    };
     let mut req = client.request(method, &def.http).timeout(timeout);
     for (name, values) in &def.header {
         for v in values {
@@ -49,8 +70,15 @@ pub async fn http(clients: &HttpClients, def: &CheckDefinition, timeout: Duratio
     let resp = match req.send().await {
         Ok(r) => r,
         Err(e) => {
-            let why = if e.is_timeout() { format!("timed out after {timeout:?}") } else { error_chain(&e) };
-            return (Status::Critical, format!("HTTP {method_name} {}: {why}", def.http));
+            let why = if e.is_timeout() {
+                format!("timed out after {timeout:?}")
+            } else {
+                error_chain(&e)
+            };
+            return (
+                Status::Critical,
+                format!("HTTP {method_name} {}: {why}", def.http),
+            );
         }
     };
     let code = resp.status();
