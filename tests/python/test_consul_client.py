@@ -188,7 +188,7 @@ def test_register_list_health(c):
 
     index, catalog = c.catalog.services()
     assert int(index) >= 1
-    assert catalog["py-web"] == ["blue", "v2"]
+    assert sorted(catalog["py-web"]) == ["blue", "v2"]
 
     index, nodes = c.catalog.service("py-web")
     assert int(index) >= 1
