@@ -41,7 +41,7 @@ use tracing::Instrument as _;
 
 use crate::checks::CheckRunner;
 use crate::local::AgentInfo;
-pub use agent::{load_definition_file, register_service_definition};
+pub use agent::register_service_definition;
 pub use error::ApiError;
 pub use metrics::ApiMetrics;
 

@@ -207,29 +207,29 @@ pub async fn services(State(ctx): Ctx, RawQuery(q): RawQuery) -> Result<Response
             }
         },
         |s| {
-            if filters.is_empty() {
-                return s
-                    .service_names()
-                    .into_iter()
-                    .map(|(name, tags)| {
-                        (
-                            name.to_string(),
-                            tags.into_iter().map(str::to_string).collect(),
-                        )
-                    })
-                    .collect::<BTreeMap<String, Vec<String>>>();
-            }
-            let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-            for n in s.nodes().filter(|n| meta_matches(n, &filters)) {
-                for svc in s.node_services(&n.node) {
-                    out.entry(svc.service.clone())
-                        .or_default()
-                        .extend(svc.tags.iter().cloned());
+            // Each name's tags in the order its instances (by node, then ID) first show them,
+            // so a single instance's tags read back as registered.
+            let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for name in s.service_names().into_keys() {
+                let mut tags: Vec<String> = Vec::new();
+                let mut seen: BTreeSet<&str> = BTreeSet::new();
+                let mut any = false;
+                for (node, svc) in s.service_instances(name) {
+                    if !meta_matches(node, &filters) {
+                        continue;
+                    }
+                    any = true;
+                    for t in &svc.tags {
+                        if seen.insert(t.as_str()) {
+                            tags.push(t.clone());
+                        }
+                    }
+                }
+                if any {
+                    out.insert(name.to_string(), tags);
                 }
             }
-            out.into_iter()
-                .map(|(k, v)| (k, v.into_iter().collect()))
-                .collect()
+            out
         },
     )
     .await?;

@@ -175,7 +175,7 @@ async fn definition_files_in_both_forms() {
         .await
         .expect("one service");
     let many = json!({"services": [{"name": "b"}, {"name": "c", "id": "c1"}]});
-    let ids = super::super::load_definition_file(&h.ctx, &many)
+    let ids = super::super::agent::load_definition_file(&h.ctx, &many)
         .await
         .expect("list");
     assert_eq!(ids, vec!["b", "c1"]);
@@ -189,7 +189,7 @@ async fn definition_files_in_both_forms() {
     assert_eq!(ids, ["a", "b", "c1", "d"]);
     // A bad entry stops the whole file before anything is written.
     let bad = json!({"services": [{"name": "e"}, {"port": 1}]});
-    let e = super::super::load_definition_file(&h.ctx, &bad)
+    let e = super::super::agent::load_definition_file(&h.ctx, &bad)
         .await
         .expect_err("bad");
     assert!(e.to_string().contains("service #2"), "{e}");

@@ -145,6 +145,16 @@ async fn ten_thousand_waiters_are_answered_and_freed() {
     );
     let index = h.get("/v1/catalog/service/web").await.index();
     let gauge = h.ctx.metrics.blocking_queries.clone();
+    let rss = || {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS"))
+                    .map(str::to_string)
+            })
+    };
+    let before = rss();
     let mut tasks = Vec::with_capacity(N);
     for _ in 0..N {
         let app = h.app.clone();
@@ -161,6 +171,10 @@ async fn ten_thousand_waiters_are_answered_and_freed() {
         gauge.get() == N as i64
     })
     .await;
+    eprintln!(
+        "RSS before the waiters: {before:?}; with {N} waiting: {:?}",
+        rss()
+    );
     let r = h
         .put(
             "/v1/agent/service/register",

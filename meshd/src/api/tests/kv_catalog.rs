@@ -141,6 +141,19 @@ async fn catalog_register_query_deregister() {
 
     let services = h.get("/v1/catalog/services").await.json();
     assert_eq!(services["redis"], json!(["Primary", "replica"]));
+    let r = h
+        .put(
+            "/v1/agent/service/register",
+            json!({"Name": "web", "Tags": ["v1", "primary", "v1"]}),
+        )
+        .await;
+    assert_status(&r, StatusCode::OK);
+    let services = h.get("/v1/catalog/services").await.json();
+    assert_eq!(
+        services["web"],
+        json!(["v1", "primary"]),
+        "registration order, deduplicated"
+    );
     let filtered = h
         .get("/v1/catalog/services?node-meta=env:prod")
         .await
