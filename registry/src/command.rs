@@ -41,6 +41,10 @@ pub enum Command {
         recurse: bool,
         cas: Option<u64>,
     },
+    /// Independent writes of concurrent clients carried by one log entry (group commit):
+    /// applied in order, each with its own response, all at the entry's index. Batches do not
+    /// nest.
+    Batch(Vec<Command>),
 }
 
 impl Command {
@@ -52,6 +56,7 @@ impl Command {
             Command::UpdateCheck { .. } => "update_check",
             Command::KvSet { .. } => "kv_set",
             Command::KvDelete { .. } => "kv_delete",
+            Command::Batch(_) => "batch",
         }
     }
 }
@@ -79,6 +84,8 @@ pub enum Response {
     Cas(bool),
     /// The command was not applied; the reason names the cause.
     Rejected(String),
+    /// The responses of a [`Command::Batch`], in order.
+    Batch(Vec<Response>),
 }
 
 mod bytes_b64 {

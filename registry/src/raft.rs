@@ -9,6 +9,8 @@
 //! On open, the state is loaded from the stored snapshot and openraft re-applies the committed
 //! log after it; an entry is acknowledged only once it is flushed to disk and applied.
 
+mod batch;
+mod disk;
 mod log_store;
 mod metrics;
 mod network;
@@ -21,12 +23,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, Weak};
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, RaftError};
+use openraft::error::{CheckIsLeaderError, Fatal, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub use disk::Disk;
 pub use log_store::{LogStats, LogStore};
 pub use network::{NoConnection, NoNetwork, NoTransport};
 pub use state_machine::{SnapshotBuilder, SnapshotPayload, StateMachineStore};
@@ -34,6 +37,7 @@ pub use types::{StoreError, TypeConfig};
 
 use crate::command::{Command, Response};
 use crate::state::State;
+use batch::{BatchError, Batcher};
 use metrics::{gauge_value, RaftMetrics};
 
 /// How long [`Registry::open`] waits for this server to lead and catch up.
@@ -137,6 +141,9 @@ struct Inner {
     /// When this server last heard from a leader (as a follower).
     last_contact: Mutex<Option<Instant>>,
     watcher: Mutex<Option<JoinHandle<()>>>,
+    /// Group commit of writes; its task ends when this is dropped or at shutdown.
+    batcher: Batcher,
+    batch_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
@@ -235,10 +242,10 @@ impl Registry {
         // Every store handed to openraft holds `holder`: shutdown waits until all are dropped,
         // so the sled database is released when the last `Registry` clone goes.
         let holder = Arc::new(());
-        let logs = LogStore::open_with_metrics(&db, metrics.clone(), holder.clone())
+        let logs = LogStore::open_with_metrics(&db, &path, metrics.clone(), holder.clone())
             .map_err(|e| store_error(&path, e))?;
         let stats = logs.verify().map_err(|e| store_error(&path, e))?;
-        let sm = StateMachineStore::open_with_metrics(&db, metrics.clone(), holder.clone())
+        let sm = StateMachineStore::open_with_metrics(&db, &path, metrics.clone(), holder.clone())
             .map_err(|e| store_error(&path, e))?;
         let store_holders = Arc::downgrade(&holder);
         drop(holder);
@@ -256,9 +263,10 @@ impl Registry {
         let raft = types::Raft::new(cfg.node_id, Arc::new(raft_config), NoNetwork, logs, sm)
             .await
             .map_err(|e| OpenError::Raft(format!("start raft: {e}")))?;
+        let (batcher, batch_task) = Batcher::start(raft.clone());
         let inner = Arc::new(Inner {
             raft,
-            logs: LogStore::open(&db).map_err(|e| store_error(&path, e))?,
+            logs: LogStore::open(&db, &path).map_err(|e| store_error(&path, e))?,
             db,
             store_holders,
             node_id: cfg.node_id,
@@ -269,6 +277,8 @@ impl Registry {
             stopped: tokio::sync::Mutex::new(false),
             last_contact: Mutex::new(None),
             watcher: Mutex::new(None),
+            batcher,
+            batch_task: Mutex::new(Some(batch_task)),
         });
         let watcher = tokio::spawn(watch_raft(Arc::downgrade(&inner)));
         *inner.watcher.lock().unwrap_or_else(PoisonError::into_inner) = Some(watcher);
@@ -394,33 +404,29 @@ impl Registry {
             return Err(WriteError::Shutdown);
         }
         let started = std::time::Instant::now();
-        let res = self.inner.raft.client_write(cmd).await;
+        let res = self.inner.batcher.write(cmd).await;
         let seconds = started.elapsed().as_secs_f64();
         match res {
-            Ok(resp) => {
-                let outcome = match resp.data {
+            Ok((index, response)) => {
+                let outcome = match response {
                     Response::Rejected(_) | Response::Cas(false) => "rejected",
                     _ => "ok",
                 };
                 self.inner.metrics.observe_write(kind, outcome, seconds);
-                Ok(Applied {
-                    index: resp.log_id.index,
-                    response: resp.data,
-                })
+                Ok(Applied { index, response })
             }
             Err(e) => {
                 self.inner.metrics.observe_write(kind, "error", seconds);
                 Err(match e {
-                    RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                        WriteError::NotLeader {
-                            leader: self.leader_addr(f.leader_id, f.leader_node),
-                        }
-                    }
-                    RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-                        WriteError::Raft(e.to_string())
-                    }
-                    RaftError::Fatal(Fatal::Stopped) => WriteError::Shutdown,
-                    RaftError::Fatal(e) => {
+                    BatchError::ForwardToLeader {
+                        leader_id,
+                        leader_node,
+                    } => WriteError::NotLeader {
+                        leader: self.leader_addr(leader_id, leader_node),
+                    },
+                    BatchError::Raft(e) => WriteError::Raft(e),
+                    BatchError::Stopped => WriteError::Shutdown,
+                    BatchError::Fatal(e) => {
                         tracing::error!(error = %e, "raft stopped on a fatal error; the registry is down");
                         WriteError::Shutdown
                     }
@@ -540,6 +546,15 @@ impl Registry {
         if let Some(h) = self
             .inner
             .watcher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            h.abort();
+        }
+        if let Some(h) = self
+            .inner
+            .batch_task
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()

@@ -91,6 +91,14 @@ impl State {
                 cas,
             } => self.kv_set(index, key, value, *flags, *cas),
             Command::KvDelete { key, recurse, cas } => self.kv_delete(index, key, *recurse, *cas),
+            Command::Batch(cmds) => Response::Batch(
+                cmds.iter()
+                    .map(|c| match c {
+                        Command::Batch(_) => Response::Rejected("batches do not nest".into()),
+                        c => self.apply(index, c),
+                    })
+                    .collect(),
+            ),
         }
     }
 

@@ -17,8 +17,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledStor
             .cache_capacity(8 << 20)
             .open()
             .map_err(|e| StorageIOError::write(&e))?;
-        let logs = LogStore::open(&db).map_err(|e| StorageIOError::write(&e))?;
-        let sm = StateMachineStore::open(&db).map_err(|e| StorageIOError::write(&e))?;
+        let logs = LogStore::open(&db, dir.path()).map_err(|e| StorageIOError::write(&e))?;
+        let sm = StateMachineStore::open(&db, dir.path()).map_err(|e| StorageIOError::write(&e))?;
         Ok((dir, logs, sm))
     }
 }

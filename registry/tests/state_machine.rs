@@ -611,3 +611,37 @@ fn commands_round_trip_through_json() {
         assert_eq!(back, c);
     }
 }
+
+#[test]
+fn batch_applies_in_order_at_one_index() {
+    let mut st = State::new();
+    let r = st.apply(
+        7,
+        &Command::Batch(vec![
+            kv_set("k", "1", Some(0)),
+            // The same key again with cas=0: the first write of the batch already made it.
+            kv_set("k", "2", Some(0)),
+            reg(node("n1", "a"), Some(service("web-1", "web", 80)), vec![]),
+            Command::Batch(vec![]),
+            Command::UpdateCheck {
+                node: "n1".into(),
+                check_id: "none".into(),
+                status: Status::Passing,
+                output: String::new(),
+            },
+        ]),
+    );
+    let Response::Batch(rs) = r else {
+        panic!("expected a batch response, got {r:?}");
+    };
+    assert_eq!(rs.len(), 5);
+    assert_eq!(rs[0], Response::Cas(true));
+    assert_eq!(rs[1], Response::Cas(false));
+    assert_eq!(rs[2], Response::Done);
+    assert!(matches!(rs[3], Response::Rejected(ref m) if m.contains("nest")));
+    assert!(matches!(rs[4], Response::Rejected(_)));
+    assert_eq!(st.kv_get("k").expect("k").value, b"1");
+    assert_eq!(st.kv_get("k").expect("k").modify_index, 7);
+    assert_eq!(st.service_index("web"), 7);
+    assert_eq!(st.applied_index(), 7);
+}

@@ -5,13 +5,16 @@
 //!   serde_json of the [`Entry`];
 //! - `meta`: `vote`, `committed` and `last_purged` (serde_json of the vote / log IDs).
 //!
-//! `save_vote`, `append` and `truncate` flush sled before they return (`append` only then
-//! reports the entries as persisted), so nothing is acknowledged before it is durable. `purge`
-//! and `save_committed` do not flush: losing them in a crash only means re-reading or
-//! re-applying entries that are still covered by the log or the (already flushed) snapshot.
+//! `save_vote` and `truncate` sync to disk before they return; `append` writes its entries and
+//! hands the completion to the group-commit task ([`super::disk`]), which reports them
+//! persisted only once a disk sync covers them, so nothing is acknowledged before it is
+//! durable. `purge` and `save_committed` do not sync: losing them in a crash only means
+//! re-reading or re-applying entries that are still covered by the log or the (already synced)
+//! snapshot.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::path::Path;
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -19,8 +22,9 @@ use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::disk::{Committer, Disk, BLOB_SAFE_LEN};
 use super::metrics::RaftMetrics;
-use super::types::{flush, Entry, LogId, StorageError, StoreError, TypeConfig, Vote};
+use super::types::{Entry, LogId, StorageError, StoreError, TypeConfig, Vote};
 
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
@@ -32,6 +36,8 @@ pub struct LogStore {
     logs: sled::Tree,
     meta: sled::Tree,
     metrics: RaftMetrics,
+    disk: Arc<Disk>,
+    committer: Committer,
     /// Held by every clone: the registry waits for all to be dropped on shutdown.
     _holder: Arc<()>,
 }
@@ -91,20 +97,26 @@ fn index_bounds<RB: RangeBounds<u64>>(range: &RB) -> Option<(u64, u64)> {
 }
 
 impl LogStore {
-    /// Opens the `logs` and `meta` trees of `db` with metrics that are not registered anywhere.
-    pub fn open(db: &sled::Db) -> Result<LogStore, StoreError> {
-        LogStore::open_with_metrics(db, RaftMetrics::default(), Arc::default())
+    /// Opens the `logs` and `meta` trees of `db` (opened in `dir`) with metrics that are not
+    /// registered anywhere. Starts the group-commit task: call it inside a tokio runtime.
+    pub fn open(db: &sled::Db, dir: &Path) -> Result<LogStore, StoreError> {
+        LogStore::open_with_metrics(db, dir, RaftMetrics::default(), Arc::default())
     }
 
     pub(crate) fn open_with_metrics(
         db: &sled::Db,
+        dir: &Path,
         metrics: RaftMetrics,
         holder: Arc<()>,
     ) -> Result<LogStore, StoreError> {
+        let disk = Disk::open(db.clone(), dir)?;
+        let committer = Committer::start(disk.clone(), metrics.clone(), holder.clone());
         Ok(LogStore {
             logs: db.open_tree("logs")?,
             meta: db.open_tree("meta")?,
             metrics,
+            disk,
+            committer,
             _holder: holder,
         })
     }
@@ -221,7 +233,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         self.put_meta(VOTE, vote)
             .map_err(|e| e.into_storage(ErrorSubject::Vote, ErrorVerb::Write))?;
-        flush(&self.meta)
+        self.disk
+            .sync(false)
             .await
             .map_err(|e| e.into_storage(ErrorSubject::Vote, ErrorVerb::Write))?;
         tracing::debug!(%vote, "saved vote");
@@ -261,25 +274,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = sled::Batch::default();
         let mut last = None;
+        let mut large = false;
         for entry in entries {
             let value = serde_json::to_vec(&entry).map_err(|e| {
                 StoreError::encode(format!("log entry {}", entry.log_id), e)
                     .into_storage(ErrorSubject::Log(entry.log_id), ErrorVerb::Write)
             })?;
+            large |= value.len() >= BLOB_SAFE_LEN;
             batch.insert(&index_key(entry.log_id.index), value);
             last = Some(entry.log_id);
         }
         self.logs
             .apply_batch(batch)
             .map_err(|e| StoreError::from(e).into_storage(ErrorSubject::Logs, ErrorVerb::Write))?;
-        flush(&self.logs)
-            .await
-            .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Write))?;
         if let Some(last) = last {
-            tracing::trace!(%last, "appended and flushed log entries");
+            tracing::trace!(%last, "appended log entries; durable at the next group commit");
         }
-        // Only now, with the entries durable, may openraft count them as persisted.
-        callback.log_io_completed(Ok(()));
+        // openraft counts the entries as persisted only when the commit task, after a disk
+        // sync that covers them, runs the callback.
+        self.committer.submit(callback, large);
         Ok(())
     }
 
@@ -295,7 +308,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.logs
             .apply_batch(batch)
             .map_err(|e| StoreError::from(e).into_storage(ErrorSubject::Logs, ErrorVerb::Delete))?;
-        flush(&self.logs)
+        self.disk
+            .sync(false)
             .await
             .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Delete))
     }

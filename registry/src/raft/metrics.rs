@@ -49,6 +49,8 @@ pub(crate) struct RaftMetrics {
     pub is_leader: Gauge,
     pub snapshots: Family<SnapshotLabels, Counter>,
     pub purged: Counter,
+    pub flush_duration: Histogram,
+    pub flush_batch: Histogram,
 }
 
 impl Default for RaftMetrics {
@@ -63,6 +65,9 @@ impl Default for RaftMetrics {
             is_leader: Gauge::default(),
             snapshots: Family::default(),
             purged: Counter::default(),
+            flush_duration: write_histogram(),
+            // 1 .. 4096 entries
+            flush_batch: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
         }
     }
 }
@@ -115,6 +120,16 @@ impl RaftMetrics {
             "meshd_raft_log_entries_purged",
             "Raft log entries removed from the local log after a snapshot",
             m.purged.clone(),
+        );
+        registry.register(
+            "meshd_raft_log_flush_duration_seconds",
+            "Time one group commit of the Raft log took to reach the disk (sled flush + fdatasync)",
+            m.flush_duration.clone(),
+        );
+        registry.register(
+            "meshd_raft_log_flush_batch",
+            "Log appends made durable by one group commit",
+            m.flush_batch.clone(),
         );
         m
     }

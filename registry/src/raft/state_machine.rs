@@ -17,10 +17,10 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshot
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::disk::Disk;
 use super::metrics::{gauge_value, KindLabels, RaftMetrics};
 use super::types::{
-    flush, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoreError, StoredMembership,
-    TypeConfig,
+    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoreError, StoredMembership, TypeConfig,
 };
 use crate::command::Response;
 use crate::state::{State, StateImage};
@@ -81,6 +81,7 @@ fn decode_payload(meta: &SnapshotMeta, data: &[u8]) -> Result<SnapshotPayload, S
 #[derive(Clone)]
 struct SnapshotStore {
     tree: sled::Tree,
+    disk: Arc<Disk>,
     /// Serializes check-and-store of a new snapshot (a build may finish after an install).
     lock: Arc<tokio::sync::Mutex<()>>,
     /// Held by the state machine and every snapshot builder: the registry waits for all to be
@@ -153,7 +154,9 @@ impl SnapshotStore {
         batch.insert(META, header);
         batch.insert(DATA, data);
         self.tree.apply_batch(batch)?;
-        flush(&self.tree).await?;
+        // A snapshot is large: sled may keep it in a blob file, which only a file-system sync
+        // covers.
+        self.disk.sync(true).await?;
         Ok(true)
     }
 }
@@ -171,17 +174,19 @@ pub struct StateMachineStore {
 impl StateMachineStore {
     /// Opens the `snapshot` tree of `db` and loads the state from the stored snapshot (empty if
     /// there is none), with metrics that are not registered anywhere.
-    pub fn open(db: &sled::Db) -> Result<StateMachineStore, StoreError> {
-        StateMachineStore::open_with_metrics(db, RaftMetrics::default(), Arc::default())
+    pub fn open(db: &sled::Db, dir: &std::path::Path) -> Result<StateMachineStore, StoreError> {
+        StateMachineStore::open_with_metrics(db, dir, RaftMetrics::default(), Arc::default())
     }
 
     pub(crate) fn open_with_metrics(
         db: &sled::Db,
+        dir: &std::path::Path,
         metrics: RaftMetrics,
         holder: Arc<()>,
     ) -> Result<StateMachineStore, StoreError> {
         let snapshots = SnapshotStore {
             tree: db.open_tree("snapshot")?,
+            disk: Disk::open(db.clone(), dir)?,
             lock: Arc::default(),
             _holder: holder,
         };
