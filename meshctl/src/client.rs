@@ -216,6 +216,8 @@ pub struct Client {
 impl Client {
     /// `base` is a URL from [`parse_http_addr`].
     pub fn new(base: String) -> anyhow::Result<Client> {
+        // reqwest is built without a default crypto provider; ring is the one the workspace uses.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = HttpClient::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)

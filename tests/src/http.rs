@@ -110,6 +110,7 @@ pub struct Api {
 impl Api {
     /// A client for `base` (e.g. `http://127.0.0.1:43123`).
     pub fn new(base: &str) -> Api {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(10))

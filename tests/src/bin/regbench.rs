@@ -193,6 +193,7 @@ async fn run(args: Args) -> anyhow::Result<String> {
         args.duration.is_finite() && args.duration > 0.0,
         "--duration must be a positive number of seconds"
     );
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .no_proxy()
         .http1_only()
