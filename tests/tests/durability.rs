@@ -207,13 +207,17 @@ async fn acknowledged_writes_survive_sigkill() {
         .collect();
     let mut lost = Vec::new();
     for a in &acked {
-        if let Acked::Key { i, .. } = a {
+        if let Acked::Key { i, index } = a {
             match by_key.get(&key(*i)) {
                 None => lost.push(key(*i)),
                 Some(e) => {
                     let want = base64::engine::general_purpose::STANDARD.encode(value(*i));
                     assert_eq!(e["Value"], want.as_str(), "value of {}", key(*i));
                     let m = e["ModifyIndex"].as_u64().expect("ModifyIndex");
+                    // Each key is written once: its ModifyIndex is the index acknowledged for it.
+                    if let Some(acked_index) = index {
+                        assert_eq!(m, *acked_index, "ModifyIndex of {}", key(*i));
+                    }
                     max_seen = max_seen.max(m);
                 }
             }
@@ -225,9 +229,11 @@ async fn acknowledged_writes_survive_sigkill() {
         lost.len(),
         &lost[..lost.len().min(10)]
     );
+    // Concurrent writes may share a log index (group commit), so 2,000 writes need not reach
+    // index 2,000; but every acknowledged index is at or below what the restarted store holds.
     assert!(
-        max_seen >= 2_000,
-        "2,000 writes have indexes up to >= 2000, max {max_seen}"
+        max_seen >= max_ack_index,
+        "the restarted store's highest KV index {max_seen} is below an acknowledged index {max_ack_index}"
     );
     let earlier = max_seen.max(max_ack_index);
 
