@@ -126,8 +126,8 @@ pub struct Registry {
 struct Inner {
     raft: types::Raft,
     db: sled::Db,
-    /// For [`Registry::log_stats`]; not a holder.
-    logs: LogStore,
+    /// The log's `logs` and `meta` trees, read by [`Registry::log_stats`] (not a store holder).
+    log_trees: (sled::Tree, sled::Tree),
     /// Alive while openraft still holds a store (its tasks end shortly after shutdown).
     store_holders: Weak<()>,
     node_id: u64,
@@ -242,10 +242,11 @@ impl Registry {
         // Every store handed to openraft holds `holder`: shutdown waits until all are dropped,
         // so the sled database is released when the last `Registry` clone goes.
         let holder = Arc::new(());
-        let logs = LogStore::open_with_metrics(&db, &path, metrics.clone(), holder.clone())
+        let disk = Disk::open(db.clone(), &path).map_err(|e| store_error(&path, e))?;
+        let logs = LogStore::open_with_metrics(&db, disk.clone(), metrics.clone(), holder.clone())
             .map_err(|e| store_error(&path, e))?;
         let stats = logs.verify().map_err(|e| store_error(&path, e))?;
-        let sm = StateMachineStore::open_with_metrics(&db, &path, metrics.clone(), holder.clone())
+        let sm = StateMachineStore::open_with_metrics(&db, disk, metrics.clone(), holder.clone())
             .map_err(|e| store_error(&path, e))?;
         let store_holders = Arc::downgrade(&holder);
         drop(holder);
@@ -266,7 +267,12 @@ impl Registry {
         let (batcher, batch_task) = Batcher::start(raft.clone());
         let inner = Arc::new(Inner {
             raft,
-            logs: LogStore::open(&db, &path).map_err(|e| store_error(&path, e))?,
+            log_trees: (
+                db.open_tree("logs")
+                    .map_err(|e| store_error(&path, e.into()))?,
+                db.open_tree("meta")
+                    .map_err(|e| store_error(&path, e.into()))?,
+            ),
             db,
             store_holders,
             node_id: cfg.node_id,
@@ -511,7 +517,7 @@ impl Registry {
 
     /// What the local Raft log holds (read from sled).
     pub fn log_stats(&self) -> Result<LogStats, StoreError> {
-        self.inner.logs.stats()
+        LogStats::read(&self.inner.log_trees.0, &self.inner.log_trees.1)
     }
 
     /// Last log index covered by the current snapshot, if one was built or installed.

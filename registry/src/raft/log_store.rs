@@ -96,20 +96,50 @@ fn index_bounds<RB: RangeBounds<u64>>(range: &RB) -> Option<(u64, u64)> {
     (start <= end).then_some((start, end))
 }
 
+impl LogStats {
+    /// Reads the statistics of the log held in the `logs` and `meta` trees.
+    pub(crate) fn read(logs: &sled::Tree, meta: &sled::Tree) -> Result<LogStats, StoreError> {
+        let first_index = match logs.first()? {
+            Some((k, _)) => Some(key_index(&k)?),
+            None => None,
+        };
+        let last_index = match logs.last()? {
+            Some((k, _)) => Some(key_index(&k)?),
+            None => None,
+        };
+        let last_purged: Option<LogId> = get_meta(meta, LAST_PURGED)?;
+        Ok(LogStats {
+            entries: logs.len() as u64,
+            first_index,
+            last_index,
+            last_purged_index: last_purged.map(|l| l.index),
+        })
+    }
+}
+
+fn get_meta<T: DeserializeOwned>(meta: &sled::Tree, key: &str) -> Result<Option<T>, StoreError> {
+    match meta.get(key)? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::corrupt(format!("raft meta {key:?}"), e)),
+    }
+}
+
 impl LogStore {
     /// Opens the `logs` and `meta` trees of `db` (opened in `dir`) with metrics that are not
     /// registered anywhere. Starts the group-commit task: call it inside a tokio runtime.
     pub fn open(db: &sled::Db, dir: &Path) -> Result<LogStore, StoreError> {
-        LogStore::open_with_metrics(db, dir, RaftMetrics::default(), Arc::default())
+        let disk = Disk::open(db.clone(), dir)?;
+        LogStore::open_with_metrics(db, disk, RaftMetrics::default(), Arc::default())
     }
 
     pub(crate) fn open_with_metrics(
         db: &sled::Db,
-        dir: &Path,
+        disk: Arc<Disk>,
         metrics: RaftMetrics,
         holder: Arc<()>,
     ) -> Result<LogStore, StoreError> {
-        let disk = Disk::open(db.clone(), dir)?;
         let committer = Committer::start(disk.clone(), metrics.clone(), holder.clone());
         Ok(LogStore {
             logs: db.open_tree("logs")?,
@@ -147,30 +177,11 @@ impl LogStore {
 
     /// Counts and bounds of the stored log.
     pub fn stats(&self) -> Result<LogStats, StoreError> {
-        let first_index = match self.logs.first()? {
-            Some((k, _)) => Some(key_index(&k)?),
-            None => None,
-        };
-        let last_index = match self.logs.last()? {
-            Some((k, _)) => Some(key_index(&k)?),
-            None => None,
-        };
-        let last_purged: Option<LogId> = self.get_meta(LAST_PURGED)?;
-        Ok(LogStats {
-            entries: self.logs.len() as u64,
-            first_index,
-            last_index,
-            last_purged_index: last_purged.map(|l| l.index),
-        })
+        LogStats::read(&self.logs, &self.meta)
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        match self.meta.get(key)? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::corrupt(format!("raft meta {key:?}"), e)),
-        }
+        get_meta(&self.meta, key)
     }
 
     fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {

@@ -175,18 +175,19 @@ impl StateMachineStore {
     /// Opens the `snapshot` tree of `db` and loads the state from the stored snapshot (empty if
     /// there is none), with metrics that are not registered anywhere.
     pub fn open(db: &sled::Db, dir: &std::path::Path) -> Result<StateMachineStore, StoreError> {
-        StateMachineStore::open_with_metrics(db, dir, RaftMetrics::default(), Arc::default())
+        let disk = Disk::open(db.clone(), dir)?;
+        StateMachineStore::open_with_metrics(db, disk, RaftMetrics::default(), Arc::default())
     }
 
     pub(crate) fn open_with_metrics(
         db: &sled::Db,
-        dir: &std::path::Path,
+        disk: Arc<Disk>,
         metrics: RaftMetrics,
         holder: Arc<()>,
     ) -> Result<StateMachineStore, StoreError> {
         let snapshots = SnapshotStore {
             tree: db.open_tree("snapshot")?,
-            disk: Disk::open(db.clone(), dir)?,
+            disk,
             lock: Arc::default(),
             _holder: holder,
         };
