@@ -209,13 +209,28 @@ impl CheckRunner {
         let mut applied = self.inner.registry.subscribe();
         let mut tasks: HashMap<String, (TaskSpec, JoinHandle<()>)> = HashMap::new();
         let mut critical_since: HashMap<String, Instant> = HashMap::new();
+        // Writes to other nodes do not concern this runner: it looks again only when this
+        // node's index moved, and on the periodic tick (which also reaps critical services).
+        let mut seen_node_index = None;
+        let mut tick = tokio::time::interval(REAP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            self.reconcile(&mut tasks, &cancel);
-            self.reap(&mut critical_since).await;
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                r = applied.changed() => if r.is_err() { break },
-                _ = tokio::time::sleep(REAP_EVERY) => {}
+                r = applied.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    let index = self.inner.registry.read().node_index(&self.inner.node);
+                    if seen_node_index != Some(index) {
+                        seen_node_index = Some(index);
+                        self.reconcile(&mut tasks, &cancel);
+                    }
+                }
+                _ = tick.tick() => {
+                    self.reconcile(&mut tasks, &cancel);
+                    self.reap(&mut critical_since).await;
+                }
             }
         }
         for (_, (_, handle)) in tasks.drain() {
