@@ -5,16 +5,19 @@
 //! - [`command`]: the [`Command`]s a Raft log entry carries, and their [`Response`];
 //! - [`state`]: the tables and `apply`, with per-table, per-service and per-node indexes;
 //! - [`query`]: reads of the state and the index each reflects;
+//! - [`feed`]: the recent applied commands, which agents' watch streams replay;
 //! - [`raft`]: openraft over sled (log, vote, snapshots) and the [`Registry`] handle that
 //!   writes through Raft, reads with a chosen consistency and wakes watchers.
 
 pub mod command;
+pub mod feed;
 pub mod model;
 pub mod query;
 pub mod raft;
 pub mod state;
 
 pub use command::{Command, Register, Response};
+pub use feed::{Feed, FeedEntry, FeedGap, DEFAULT_FEED_ENTRIES};
 pub use model::{Check, CheckDefinition, KvEntry, Node, Service, ServiceAddress, Status, Weights};
 pub use raft::{
     Applied, Consistency, LeaderInfo, OpenError, ReadError, Registry, RegistryConfig, WriteError,

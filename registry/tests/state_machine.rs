@@ -645,3 +645,104 @@ fn batch_applies_in_order_at_one_index() {
     assert_eq!(st.service_index("web"), 7);
     assert_eq!(st.applied_index(), 7);
 }
+
+/// A small deterministic pseudo-random generator (64-bit LCG), so the sequence is reproducible.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, bound: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % bound
+    }
+}
+
+/// One random-ish command over a few nodes, services, checks and keys.
+fn random_command(rng: &mut Lcg) -> Command {
+    let n = format!("n{}", rng.next(4));
+    let sid = format!("s{}", rng.next(3));
+    let name = ["web", "db", "api"][rng.next(3) as usize];
+    let status = [Status::Passing, Status::Warning, Status::Critical][rng.next(3) as usize];
+    match rng.next(9) {
+        0 | 1 => reg(
+            node(&n, &format!("10.0.0.{}", rng.next(3))),
+            Some(service(&sid, name, 80 + rng.next(2) as u16)),
+            vec![check(&format!("c-{sid}"), &sid, status)],
+        ),
+        2 => reg(node(&n, "10.0.0.9"), None, vec![check("node", "", status)]),
+        3 => Command::UpdateCheck {
+            node: n,
+            check_id: format!("c-{sid}"),
+            status,
+            output: format!("out {}", rng.next(2)),
+        },
+        4 => Command::Deregister {
+            node: n,
+            service_id: (rng.next(2) == 0).then_some(sid),
+            check_id: None,
+        },
+        5 => kv_set(&format!("k/{}", rng.next(5)), "v", None),
+        6 => Command::KvDelete {
+            key: "k/".into(),
+            recurse: rng.next(2) == 0,
+            cas: None,
+        },
+        _ => Command::Batch(vec![
+            kv_set(&format!("k/{}", rng.next(5)), "b", Some(rng.next(3))),
+            Command::UpdateCheck {
+                node: n,
+                check_id: "node".into(),
+                status,
+                output: String::new(),
+            },
+        ]),
+    }
+}
+
+#[test]
+fn feed_replay_from_a_midway_image_reaches_the_server_state() {
+    use registry::Feed;
+    use std::sync::Arc;
+
+    let mut rng = Lcg(42);
+    let mut server = State::new();
+    let mut feed = Feed::new(0, 10_000);
+    let mut midway = None;
+    for index in 1..=600u64 {
+        // Some log entries carry no command (blank and membership entries).
+        if rng.next(10) == 0 {
+            feed.push(index, None);
+        } else {
+            let cmd = random_command(&mut rng);
+            server.apply(index, &cmd);
+            feed.push(index, Some(Arc::new(cmd)));
+        }
+        if index == 250 {
+            let json = serde_json::to_vec(&server.image()).expect("serialize");
+            midway = Some((json, feed.applied()));
+        }
+    }
+    let (json, mut at) = midway.expect("taken");
+    let mut agent = State::from_image(serde_json::from_slice(&json).expect("deserialize"));
+    let mut rounds = 0;
+    while at < feed.applied() {
+        let (cmds, to) = feed.since(at, 37).expect("kept");
+        for (index, cmd) in cmds {
+            assert!(index > at);
+            agent.apply(index, &cmd);
+        }
+        assert!(to > at);
+        at = to;
+        rounds += 1;
+    }
+    assert!(rounds > 1);
+    assert_eq!(at, 600);
+    assert_eq!(agent.applied_index(), server.applied_index());
+    assert_eq!(agent, server);
+    assert_eq!(
+        serde_json::to_value(agent.image()).expect("agent image"),
+        serde_json::to_value(server.image()).expect("server image")
+    );
+}

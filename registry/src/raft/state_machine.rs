@@ -7,9 +7,13 @@
 //! the leader) is kept in the sled tree `snapshot` as two records written in one batch and
 //! flushed: `meta` (JSON of [`SnapshotHeader`]: openraft's snapshot meta, the data's length and
 //! FNV-1a checksum) and `data` (the payload bytes).
+//!
+//! Every applied entry is also pushed to the change [`Feed`] that agents' watch streams read;
+//! it is pushed while the state's write lock is held, so a reader that locks the state and then
+//! the feed sees both at the same index.
 
 use std::io::Cursor;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
@@ -23,6 +27,7 @@ use super::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoreError, StoredMembership, TypeConfig,
 };
 use crate::command::Response;
+use crate::feed::{Feed, DEFAULT_FEED_ENTRIES};
 use crate::state::{State, StateImage};
 
 const META: &str = "meta";
@@ -164,6 +169,8 @@ impl SnapshotStore {
 /// The registry state machine; `state` is shared with the [`Registry`](super::Registry) handle.
 pub struct StateMachineStore {
     state: Arc<RwLock<State>>,
+    /// The recent commands, for agents' watch streams; locked after `state` when both are.
+    feed: Arc<Mutex<Feed>>,
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
     snapshots: SnapshotStore,
@@ -207,6 +214,7 @@ impl StateMachineStore {
         metrics.applied_index.set(gauge_value(applied));
         Ok(StateMachineStore {
             state: Arc::new(RwLock::new(state)),
+            feed: Arc::new(Mutex::new(Feed::new(applied, DEFAULT_FEED_ENTRIES))),
             last_applied,
             last_membership,
             snapshots,
@@ -218,6 +226,12 @@ impl StateMachineStore {
     /// The state this machine applies to.
     pub fn state(&self) -> Arc<RwLock<State>> {
         self.state.clone()
+    }
+
+    /// The change feed: every command applied since the state was loaded, the oldest dropped
+    /// beyond [`DEFAULT_FEED_ENTRIES`]. Lock it after the state when locking both.
+    pub fn feed(&self) -> Arc<Mutex<Feed>> {
+        self.feed.clone()
     }
 
     /// A receiver of the last applied log index.
@@ -298,25 +312,34 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let first = self.last_applied.map(|l| l.index + 1);
         {
             let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            // Fed after the batch, still under the state lock: feed readers wait only for the
+            // pushes, not for the applies.
+            let mut fed = Vec::new();
             for entry in entries {
-                let response = match entry.payload {
-                    EntryPayload::Blank => Response::Done,
+                let index = entry.log_id.index;
+                let (response, cmd) = match entry.payload {
+                    EntryPayload::Blank => (Response::Done, None),
                     EntryPayload::Normal(cmd) => {
                         let started = Instant::now();
-                        let response = state.apply(entry.log_id.index, &cmd);
+                        let response = state.apply(index, &cmd);
                         self.metrics
                             .apply_duration
                             .get_or_create(&KindLabels { kind: cmd.kind() })
                             .observe(started.elapsed().as_secs_f64());
-                        response
+                        (response, Some(Arc::new(cmd)))
                     }
                     EntryPayload::Membership(m) => {
                         self.last_membership = StoredMembership::new(Some(entry.log_id), m);
-                        Response::Done
+                        (Response::Done, None)
                     }
                 };
+                fed.push((index, cmd));
                 self.last_applied = Some(entry.log_id);
                 responses.push(response);
+            }
+            let mut feed = self.feed.lock().unwrap_or_else(PoisonError::into_inner);
+            for (index, cmd) in fed {
+                feed.push(index, cmd);
             }
         }
         if !responses.is_empty() {
@@ -367,7 +390,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .await
             .map_err(|e| e.into_storage(subject(), ErrorVerb::Write))?;
         let state = State::from_image(payload.state);
-        *self.state.write().unwrap_or_else(PoisonError::into_inner) = state;
+        {
+            let mut current = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            *current = state;
+            let index = payload.last_applied.map(|l| l.index).unwrap_or(0);
+            self.feed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .reset(index);
+        }
         self.last_applied = payload.last_applied;
         self.last_membership = payload.last_membership;
         self.metrics.snapshot("installed");
