@@ -9,6 +9,7 @@
 //! - [`raft`]: openraft over sled (log, vote, snapshots) and the [`Registry`] handle that
 //!   writes through Raft, reads with a chosen consistency and wakes watchers.
 
+pub mod ca;
 pub mod command;
 pub mod feed;
 pub mod model;
