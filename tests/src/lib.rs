@@ -25,6 +25,7 @@ pub mod check_target;
 pub mod dump;
 pub mod http;
 pub mod meshd;
+pub mod netns;
 pub mod raw;
 pub mod sys;
 pub mod wait;
