@@ -1,11 +1,14 @@
 //! Writes to the registry. Every write is one [`Command`], appended to the Raft log and applied
 //! by the state machine in log order, so every server reaches the same state.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Check, Node, Service, Status};
+use crate::model::{CaRoot, Check, MemberRole, MemberStatus, Node, Service, Status};
+use crate::state::StateImage;
 
-/// One replicated write. Later issues add config entries, ACLs, CA roots and virtual IPs as
+/// One replicated write. Later issues add config entries, ACLs and virtual IPs as
 /// further variants; an old log never contains them, so adding variants is compatible.
 // Commands are built once per write and moved into the log; boxing `Register` would only add
 // an allocation.
@@ -41,6 +44,24 @@ pub enum Command {
         recurse: bool,
         cas: Option<u64>,
     },
+    /// Upsert a cluster member. Its status also drives its node in the catalog: `failed` sets
+    /// the node's liveness check (`serfHealth`) critical, `alive` sets it passing (each creating
+    /// it if the node lacks it), `left` deregisters the node with its services and checks.
+    MemberSet {
+        name: String,
+        /// The member's QUIC endpoint, `ip:port`.
+        addr: String,
+        role: MemberRole,
+        status: MemberStatus,
+        datacenter: String,
+    },
+    /// Install the first CA root, active. Done without change when an active root exists, so
+    /// every server may propose it at bootstrap.
+    CaInit(CaRoot),
+    /// Replace every table with a snapshot's content (`meshctl snapshot restore`). Every table,
+    /// service and node index moves to the entry's index so every blocking query wakes; the
+    /// objects keep their own indexes.
+    Restore(Box<StateImage>),
     /// Independent writes of concurrent clients carried by one log entry (group commit):
     /// applied in order, each with its own response, all at the entry's index. Batches do not
     /// nest.
@@ -56,7 +77,43 @@ impl Command {
             Command::UpdateCheck { .. } => "update_check",
             Command::KvSet { .. } => "kv_set",
             Command::KvDelete { .. } => "kv_delete",
+            Command::MemberSet { .. } => "member_set",
+            Command::CaInit(_) => "ca_init",
+            Command::Restore(_) => "restore",
             Command::Batch(_) => "batch",
+        }
+    }
+
+    /// This command without private keys (CA roots' `key_pem` blanked, in batches too), as
+    /// servers ship it to agents. Borrowed when there is nothing to blank.
+    pub fn redacted(&self) -> Cow<'_, Command> {
+        if !self.holds_keys() {
+            return Cow::Borrowed(self);
+        }
+        Cow::Owned(match self {
+            Command::CaInit(root) => Command::CaInit(CaRoot {
+                key_pem: String::new(),
+                ..root.clone()
+            }),
+            Command::Restore(image) => {
+                let mut image = image.clone();
+                image.redact();
+                Command::Restore(image)
+            }
+            Command::Batch(cmds) => {
+                Command::Batch(cmds.iter().map(|c| c.redacted().into_owned()).collect())
+            }
+            other => other.clone(),
+        })
+    }
+
+    /// Whether a private key is part of this command.
+    fn holds_keys(&self) -> bool {
+        match self {
+            Command::CaInit(root) => !root.key_pem.is_empty(),
+            Command::Restore(image) => image.ca_roots.iter().any(|r| !r.key_pem.is_empty()),
+            Command::Batch(cmds) => cmds.iter().any(Command::holds_keys),
+            _ => false,
         }
     }
 }

@@ -6,9 +6,11 @@
 //! - [`state`]: the tables and `apply`, with per-table, per-service and per-node indexes;
 //! - [`query`]: reads of the state and the index each reflects;
 //! - [`feed`]: the recent applied commands, which agents' watch streams replay;
+//! - [`archive`]: the self-checking snapshot file of `meshctl snapshot save`/`restore`;
 //! - [`raft`]: openraft over sled (log, vote, snapshots) and the [`Registry`] handle that
 //!   writes through Raft, reads with a chosen consistency and wakes watchers.
 
+pub mod archive;
 pub mod ca;
 pub mod command;
 pub mod feed;
@@ -19,6 +21,7 @@ pub mod state;
 
 pub use command::{Command, Register, Response};
 pub use feed::{Feed, FeedEntry, FeedGap, DEFAULT_FEED_ENTRIES};
+pub use model::{CaRoot, Member, MemberRole, MemberStatus};
 pub use model::{Check, CheckDefinition, KvEntry, Node, Service, ServiceAddress, Status, Weights};
 pub use raft::{
     Applied, Consistency, LeaderInfo, OpenError, ReadError, Registry, RegistryConfig, WriteError,

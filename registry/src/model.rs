@@ -1,4 +1,5 @@
-//! The objects the registry stores: nodes, service instances, health checks and KV entries.
+//! The objects the registry stores: nodes, service instances, health checks, KV entries, cluster
+//! members and CA roots.
 //!
 //! They serialize with Consul's JSON field names and casing, so the HTTP API can return them as
 //! they are. Every object carries `CreateIndex`/`ModifyIndex`: the Raft log index of the write
@@ -180,6 +181,99 @@ impl Default for Check {
             modify_index: 0,
         }
     }
+}
+
+/// `CheckID` of the node-level liveness check every agent registers (Consul's `serfHealth`);
+/// member status changes set it (see [`Member`]).
+pub const NODE_CHECK_ID: &str = "serfHealth";
+/// `Name` of the node-level liveness check.
+pub const NODE_CHECK_NAME: &str = "Mesh Health Status";
+/// Output of the liveness check of a member that is alive.
+pub const NODE_ALIVE_OUTPUT: &str = "Agent alive and reachable";
+/// Output of the liveness check of a member that failed.
+pub const NODE_FAILED_OUTPUT: &str = "Agent not live or unreachable";
+
+/// What a cluster member is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberRole {
+    /// Votes in Raft and serves the registry.
+    Server,
+    /// Keeps a streamed view of the registry.
+    Agent,
+}
+
+impl MemberRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberRole::Server => "server",
+            MemberRole::Agent => "agent",
+        }
+    }
+}
+
+impl std::fmt::Display for MemberRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Liveness of a cluster member, as `consul members` shows it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberStatus {
+    Alive,
+    /// Not reachable: its node's liveness check is critical.
+    Failed,
+    /// Left the cluster on purpose: its node is gone from the catalog.
+    Left,
+}
+
+impl MemberStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberStatus::Alive => "alive",
+            MemberStatus::Failed => "failed",
+            MemberStatus::Left => "left",
+        }
+    }
+}
+
+impl std::fmt::Display for MemberStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A server or agent of the cluster; `name` is its node name in the catalog.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct Member {
+    pub name: String,
+    /// Its QUIC endpoint, `ip:port`.
+    pub addr: String,
+    pub role: MemberRole,
+    pub status: MemberStatus,
+    pub datacenter: String,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// A root certificate of the mesh CA. `key_pem` is the root's private key: servers hold it to
+/// sign; it is blanked in everything shipped to agents and never serialized when empty.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct CaRoot {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub cert_pem: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_pem: String,
+    pub trust_domain: String,
+    /// The root that signs new certificates; at most one is active.
+    pub active: bool,
+    pub create_index: u64,
+    pub modify_index: u64,
 }
 
 /// One KV entry (Consul's `KVPair`); `Value` is base64 on the wire, `null` when empty.

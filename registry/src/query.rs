@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{Check, KvEntry, Node, Service, Status};
+use crate::model::{CaRoot, Check, KvEntry, Member, Node, Service, Status};
 use crate::state::{node_range, State};
 
 /// One instance of a service with its node and the checks that decide its health
@@ -161,11 +161,12 @@ impl State {
             .unwrap_or(self.indexes.nodes)
     }
 
-    /// Index of one KV key: its `ModifyIndex`, else the last KV write.
+    /// Index of one KV key: its `ModifyIndex` (or the last restore, if later), else the last KV
+    /// write.
     pub fn kv_key_index(&self, key: &str) -> u64 {
         self.kv
             .get(key)
-            .map(|e| e.modify_index)
+            .map(|e| e.modify_index.max(self.indexes.restore))
             .unwrap_or(self.indexes.kv)
     }
 
@@ -176,5 +177,34 @@ impl State {
             .max()
             .unwrap_or(0)
             .max(self.indexes.kv_delete)
+    }
+
+    /// Cluster members, by name.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
+    }
+
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.get(name)
+    }
+
+    /// Index of the last change of the members table.
+    pub fn members_index(&self) -> u64 {
+        self.indexes.members
+    }
+
+    /// CA roots, by ID.
+    pub fn ca_roots(&self) -> impl Iterator<Item = &CaRoot> {
+        self.ca_roots.values()
+    }
+
+    /// The root that signs new certificates.
+    pub fn active_ca_root(&self) -> Option<&CaRoot> {
+        self.ca_roots.values().find(|r| r.active)
+    }
+
+    /// Index of the last change of the CA roots table.
+    pub fn ca_roots_index(&self) -> u64 {
+        self.indexes.ca_roots
     }
 }

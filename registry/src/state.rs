@@ -10,7 +10,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Register, Response};
-use crate::model::{Check, KvEntry, Node, Service, Status};
+use crate::model::{
+    CaRoot, Check, KvEntry, Member, MemberRole, MemberStatus, Node, Service, Status,
+    NODE_ALIVE_OUTPUT, NODE_CHECK_ID, NODE_CHECK_NAME, NODE_FAILED_OUTPUT,
+};
 
 /// Key of a service instance or a check: (node name, ID).
 pub type NodeKey = (String, String);
@@ -24,6 +27,14 @@ pub struct Indexes {
     pub kv: u64,
     /// Index of the last KV deletion (prefix queries cannot see a deleted key's own index).
     pub kv_delete: u64,
+    #[serde(default)]
+    pub members: u64,
+    #[serde(default)]
+    pub ca_roots: u64,
+    /// Index of the last [`Command::Restore`]: every object changed then, whatever its own
+    /// `ModifyIndex` says.
+    #[serde(default)]
+    pub restore: u64,
     pub by_service: HashMap<String, u64>,
     pub by_node: HashMap<String, u64>,
 }
@@ -35,6 +46,9 @@ pub struct State {
     pub(crate) services: BTreeMap<NodeKey, Service>,
     pub(crate) checks: BTreeMap<NodeKey, Check>,
     pub(crate) kv: BTreeMap<String, KvEntry>,
+    pub(crate) members: BTreeMap<String, Member>,
+    /// CA roots by ID.
+    pub(crate) ca_roots: BTreeMap<String, CaRoot>,
     pub(crate) indexes: Indexes,
     /// Service name → its instances (derived; rebuilt from `services` on restore).
     pub(crate) by_name: HashMap<String, BTreeSet<NodeKey>>,
@@ -42,15 +56,30 @@ pub struct State {
     pub(crate) applied: u64,
 }
 
-/// The serialized form of [`State`], used for Raft snapshots.
-#[derive(Serialize, Deserialize, Debug, Default)]
+/// The serialized form of [`State`], used for Raft snapshots, snapshot archives and the first
+/// message of an agent's watch stream.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct StateImage {
     pub nodes: Vec<Node>,
     pub services: Vec<(String, Service)>,
     pub checks: Vec<Check>,
     pub kv: Vec<KvEntry>,
+    // Absent from images written before members and CA roots existed.
+    #[serde(default)]
+    pub members: Vec<Member>,
+    #[serde(default)]
+    pub ca_roots: Vec<CaRoot>,
     pub indexes: Indexes,
     pub applied: u64,
+}
+
+impl StateImage {
+    /// Blanks every private key (CA roots' `key_pem`), before the image leaves the servers.
+    pub fn redact(&mut self) {
+        for root in &mut self.ca_roots {
+            root.key_pem.clear();
+        }
+    }
 }
 
 impl State {
@@ -91,6 +120,15 @@ impl State {
                 cas,
             } => self.kv_set(index, key, value, *flags, *cas),
             Command::KvDelete { key, recurse, cas } => self.kv_delete(index, key, *recurse, *cas),
+            Command::MemberSet {
+                name,
+                addr,
+                role,
+                status,
+                datacenter,
+            } => self.member_set(index, name, addr, *role, *status, datacenter),
+            Command::CaInit(root) => self.ca_init(index, root),
+            Command::Restore(image) => self.restore(index, image),
             Command::Batch(cmds) => Response::Batch(
                 cmds.iter()
                     .map(|c| match c {
@@ -368,6 +406,155 @@ impl State {
         Response::Cas(true)
     }
 
+    fn member_set(
+        &mut self,
+        index: u64,
+        name: &str,
+        addr: &str,
+        role: MemberRole,
+        status: MemberStatus,
+        datacenter: &str,
+    ) -> Response {
+        if name.is_empty() {
+            return Response::Rejected("member set: member name is empty".into());
+        }
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            return Response::Rejected(format!(
+                "member set: address {addr:?} of member {name:?} is not ip:port"
+            ));
+        }
+        let unchanged = self.members.get(name).is_some_and(|m| {
+            m.addr == addr && m.role == role && m.status == status && m.datacenter == datacenter
+        });
+        if !unchanged {
+            let create_index = self
+                .members
+                .get(name)
+                .map(|m| m.create_index)
+                .unwrap_or(index);
+            self.members.insert(
+                name.to_string(),
+                Member {
+                    name: name.to_string(),
+                    addr: addr.to_string(),
+                    role,
+                    status,
+                    datacenter: datacenter.to_string(),
+                    create_index,
+                    modify_index: index,
+                },
+            );
+            self.indexes.members = index;
+        }
+        // Applied even when the row did not change: a registration may have reset the check.
+        match status {
+            MemberStatus::Alive => {
+                self.set_node_health(index, name, Status::Passing, NODE_ALIVE_OUTPUT)
+            }
+            MemberStatus::Failed => {
+                self.set_node_health(index, name, Status::Critical, NODE_FAILED_OUTPUT)
+            }
+            MemberStatus::Left => {
+                self.deregister(index, name, None, None);
+            }
+        }
+        Response::Done
+    }
+
+    /// Sets a catalog node's liveness check, creating it if the node lacks it; nothing when the
+    /// node is not in the catalog.
+    fn set_node_health(&mut self, index: u64, node: &str, status: Status, output: &str) {
+        if !self.nodes.contains_key(node) {
+            return;
+        }
+        let key = (node.to_string(), NODE_CHECK_ID.to_string());
+        let check = match self.checks.get_mut(&key) {
+            Some(c) if c.status == status && c.output == output => return,
+            Some(c) => {
+                c.status = status;
+                c.output = output.to_string();
+                c.modify_index = index;
+                c.clone()
+            }
+            None => {
+                let c = Check {
+                    node: node.to_string(),
+                    check_id: NODE_CHECK_ID.to_string(),
+                    name: NODE_CHECK_NAME.to_string(),
+                    status,
+                    output: output.to_string(),
+                    create_index: index,
+                    modify_index: index,
+                    ..Check::default()
+                };
+                self.checks.insert(key, c.clone());
+                c
+            }
+        };
+        self.touch_check(index, &check);
+    }
+
+    fn ca_init(&mut self, index: u64, root: &CaRoot) -> Response {
+        if root.id.is_empty() || root.cert_pem.is_empty() {
+            return Response::Rejected("ca init: the root's ID and certificate must be set".into());
+        }
+        if self.ca_roots.values().any(|r| r.active) {
+            return Response::Done;
+        }
+        let create_index = self
+            .ca_roots
+            .get(&root.id)
+            .map(|r| r.create_index)
+            .unwrap_or(index);
+        self.ca_roots.insert(
+            root.id.clone(),
+            CaRoot {
+                active: true,
+                create_index,
+                modify_index: index,
+                ..root.clone()
+            },
+        );
+        self.indexes.ca_roots = index;
+        Response::Done
+    }
+
+    fn restore(&mut self, index: u64, image: &StateImage) -> Response {
+        let mut next = State::from_image(image.clone());
+        let mut services = self.service_name_set();
+        services.extend(next.service_name_set());
+        let mut nodes = self.node_name_set();
+        nodes.extend(next.node_name_set());
+        next.indexes = Indexes {
+            nodes: index,
+            services: index,
+            checks: index,
+            kv: index,
+            kv_delete: index,
+            members: index,
+            ca_roots: index,
+            restore: index,
+            by_service: services.into_iter().map(|n| (n, index)).collect(),
+            by_node: nodes.into_iter().map(|n| (n, index)).collect(),
+        };
+        next.applied = self.applied;
+        *self = next;
+        Response::Done
+    }
+
+    /// Every service name with an instance.
+    fn service_name_set(&self) -> BTreeSet<String> {
+        self.by_name.keys().cloned().collect()
+    }
+
+    /// Every node name in the catalog, or with a service or check.
+    fn node_name_set(&self) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = self.nodes.keys().cloned().collect();
+        out.extend(self.services.keys().map(|k| k.0.clone()));
+        out.extend(self.checks.keys().map(|k| k.0.clone()));
+        out
+    }
+
     fn remove_service(&mut self, index: u64, key: &NodeKey) {
         let Some(s) = self.services.remove(key) else {
             return;
@@ -475,6 +662,8 @@ impl State {
                 .collect(),
             checks: self.checks.values().cloned().collect(),
             kv: self.kv.values().cloned().collect(),
+            members: self.members.values().cloned().collect(),
+            ca_roots: self.ca_roots.values().cloned().collect(),
             indexes: self.indexes.clone(),
             applied: self.applied,
         }
@@ -500,6 +689,12 @@ impl State {
         }
         for e in img.kv {
             st.kv.insert(e.key.clone(), e);
+        }
+        for m in img.members {
+            st.members.insert(m.name.clone(), m);
+        }
+        for r in img.ca_roots {
+            st.ca_roots.insert(r.id.clone(), r);
         }
         st
     }

@@ -1,7 +1,13 @@
-//! Unit tests of the state machine: every command, its index bookkeeping, and KV CAS.
+//! Unit tests of the state machine: every command, its index bookkeeping, KV CAS, members, CA
+//! roots, restore, redaction, and replaying the change feed.
+
+use std::borrow::Cow;
 
 use registry::command::{Command, Register, Response};
-use registry::model::{Check, Node, Service, Status};
+use registry::model::{
+    CaRoot, Check, MemberRole, MemberStatus, Node, Service, Status, NODE_CHECK_ID, NODE_CHECK_NAME,
+};
+use registry::state::StateImage;
 use registry::State;
 
 fn node(name: &str, addr: &str) -> Node {
@@ -659,9 +665,23 @@ impl Lcg {
     }
 }
 
-/// One random-ish command over a few nodes, services, checks and keys.
-fn random_command(rng: &mut Lcg) -> Command {
+/// One random-ish command over a few nodes, services, checks, keys, members and roots;
+/// sometimes a restore of `saved`.
+fn random_command(rng: &mut Lcg, saved: Option<&StateImage>) -> Command {
     let n = format!("n{}", rng.next(4));
+    match (rng.next(12), saved) {
+        (0, _) => {
+            let status = [
+                MemberStatus::Alive,
+                MemberStatus::Failed,
+                MemberStatus::Left,
+            ][rng.next(3) as usize];
+            return member(&n, status);
+        }
+        (1, Some(image)) if rng.next(8) == 0 => return Command::Restore(Box::new(image.clone())),
+        (1, _) => return Command::CaInit(root(&format!("r{}", rng.next(3)))),
+        _ => {}
+    }
     let sid = format!("s{}", rng.next(3));
     let name = ["web", "db", "api"][rng.next(3) as usize];
     let status = [Status::Passing, Status::Warning, Status::Critical][rng.next(3) as usize];
@@ -710,20 +730,30 @@ fn feed_replay_from_a_midway_image_reaches_the_server_state() {
     let mut server = State::new();
     let mut feed = Feed::new(0, 10_000);
     let mut midway = None;
-    for index in 1..=600u64 {
+    let mut saved = None;
+    let mut kinds = std::collections::BTreeSet::new();
+    for index in 1..=800u64 {
         // Some log entries carry no command (blank and membership entries).
         if rng.next(10) == 0 {
             feed.push(index, None);
         } else {
-            let cmd = random_command(&mut rng);
+            let cmd = random_command(&mut rng, saved.as_ref());
+            kinds.insert(cmd.kind());
             server.apply(index, &cmd);
             feed.push(index, Some(Arc::new(cmd)));
         }
+        if index == 100 {
+            saved = Some(server.image());
+        }
         if index == 250 {
-            let json = serde_json::to_vec(&server.image()).expect("serialize");
+            // What a server sends first on a watch stream: the redacted image.
+            let mut image = server.image();
+            image.redact();
+            let json = serde_json::to_vec(&image).expect("serialize");
             midway = Some((json, feed.applied()));
         }
     }
+    assert_eq!(kinds.len(), 9, "{kinds:?}");
     let (json, mut at) = midway.expect("taken");
     let mut agent = State::from_image(serde_json::from_slice(&json).expect("deserialize"));
     let mut rounds = 0;
@@ -731,6 +761,9 @@ fn feed_replay_from_a_midway_image_reaches_the_server_state() {
         let (cmds, to) = feed.since(at, 37).expect("kept");
         for (index, cmd) in cmds {
             assert!(index > at);
+            // Servers ship commands without private keys.
+            let cmd = serde_json::to_vec(cmd.redacted().as_ref()).expect("serialize");
+            let cmd: Command = serde_json::from_slice(&cmd).expect("deserialize");
             agent.apply(index, &cmd);
         }
         assert!(to > at);
@@ -738,11 +771,354 @@ fn feed_replay_from_a_midway_image_reaches_the_server_state() {
         rounds += 1;
     }
     assert!(rounds > 1);
-    assert_eq!(at, 600);
+    assert_eq!(at, 800);
     assert_eq!(agent.applied_index(), server.applied_index());
-    assert_eq!(agent, server);
+    let mut want = server.image();
+    assert!(want.ca_roots.iter().any(|r| !r.key_pem.is_empty()));
+    want.redact();
+    assert_eq!(agent.image(), want);
+    assert_eq!(agent, State::from_image(want));
+}
+
+fn member(name: &str, status: MemberStatus) -> Command {
+    Command::MemberSet {
+        name: name.into(),
+        addr: "10.0.0.1:8301".into(),
+        role: MemberRole::Agent,
+        status,
+        datacenter: "dc1".into(),
+    }
+}
+
+fn root(id: &str) -> CaRoot {
+    CaRoot {
+        id: id.into(),
+        cert_pem: format!("cert {id}"),
+        key_pem: format!("key {id}"),
+        trust_domain: "mesh.local".into(),
+        active: false,
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
+#[test]
+fn member_set_upserts_and_bumps_indexes_only_on_change() {
+    let mut st = State::new();
     assert_eq!(
-        serde_json::to_value(agent.image()).expect("agent image"),
-        serde_json::to_value(server.image()).expect("server image")
+        st.apply(3, &member("n1", MemberStatus::Alive)),
+        Response::Done
     );
+    let m = st.member("n1").expect("member");
+    assert_eq!((m.create_index, m.modify_index), (3, 3));
+    assert_eq!(m.status, MemberStatus::Alive);
+    assert_eq!(st.members_index(), 3);
+    // The node is not in the catalog: no check is made up.
+    assert!(st.check("n1", NODE_CHECK_ID).is_none());
+
+    st.apply(4, &member("n1", MemberStatus::Alive));
+    assert_eq!(st.members_index(), 3);
+    assert_eq!(st.member("n1").expect("member").modify_index, 3);
+
+    st.apply(5, &member("n1", MemberStatus::Failed));
+    let m = st.member("n1").expect("member");
+    assert_eq!((m.create_index, m.modify_index), (3, 5));
+    assert_eq!(st.members_index(), 5);
+
+    st.apply(6, &member("a0", MemberStatus::Alive));
+    let names: Vec<&str> = st.members().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, vec!["a0", "n1"]);
+
+    let json = serde_json::to_value(st.member("n1").expect("member")).expect("json");
+    assert_eq!(json["Status"], "failed");
+    assert_eq!(json["Role"], "agent");
+    assert_eq!(json["Addr"], "10.0.0.1:8301");
+}
+
+#[test]
+fn member_set_rejects_bad_input() {
+    let mut st = State::new();
+    let bad_addr = Command::MemberSet {
+        name: "n1".into(),
+        addr: "nowhere".into(),
+        role: MemberRole::Server,
+        status: MemberStatus::Alive,
+        datacenter: "dc1".into(),
+    };
+    assert!(matches!(st.apply(1, &bad_addr), Response::Rejected(m) if m.contains("nowhere")));
+    assert!(matches!(
+        st.apply(2, &member("", MemberStatus::Alive)),
+        Response::Rejected(_)
+    ));
+    assert_eq!(st.members().count(), 0);
+    assert_eq!(st.members_index(), 0);
+}
+
+#[test]
+fn failed_member_makes_its_node_check_critical_and_alive_passing() {
+    let mut st = State::new();
+    st.apply(
+        1,
+        &reg(
+            node("n1", "10.0.0.1"),
+            Some(service("web-1", "web", 80)),
+            vec![],
+        ),
+    );
+    // The node lacks serfHealth: failing creates it, critical.
+    st.apply(2, &member("n1", MemberStatus::Failed));
+    let c = st.check("n1", NODE_CHECK_ID).expect("created");
+    assert_eq!(c.status, Status::Critical);
+    assert_eq!(c.output, "Agent not live or unreachable");
+    assert_eq!(c.name, NODE_CHECK_NAME);
+    assert!(c.service_id.is_empty());
+    assert_eq!((c.create_index, c.modify_index), (2, 2));
+    assert_eq!(st.service_index("web"), 2);
+    assert_eq!(st.node_index("n1"), 2);
+    assert_eq!(st.indexes().checks, 2);
+    assert_eq!(st.health_service("web")[0].status(), Status::Critical);
+
+    // Failing again changes nothing.
+    st.apply(3, &member("n1", MemberStatus::Failed));
+    assert_eq!(st.indexes().checks, 2);
+    assert_eq!(st.service_index("web"), 2);
+
+    st.apply(4, &member("n1", MemberStatus::Alive));
+    let c = st.check("n1", NODE_CHECK_ID).expect("check");
+    assert_eq!(c.status, Status::Passing);
+    assert_eq!(c.output, "Agent alive and reachable");
+    assert_eq!((c.create_index, c.modify_index), (2, 4));
+    assert_eq!(st.service_index("web"), 4);
+    assert_eq!(st.node_index("n1"), 4);
+    assert_eq!(st.health_service("web")[0].status(), Status::Passing);
+
+    // An existing check registered by the agent is updated in place.
+    st.apply(
+        5,
+        &reg(
+            node("n2", "10.0.0.2"),
+            None,
+            vec![check(NODE_CHECK_ID, "", Status::Passing)],
+        ),
+    );
+    st.apply(6, &member("n2", MemberStatus::Failed));
+    let c = st.check("n2", NODE_CHECK_ID).expect("check");
+    assert_eq!(c.status, Status::Critical);
+    assert_eq!(c.name, NODE_CHECK_ID);
+    assert_eq!((c.create_index, c.modify_index), (5, 6));
+    assert_eq!(st.node_index("n1"), 4);
+}
+
+#[test]
+fn left_member_is_reaped_from_the_catalog() {
+    let mut st = State::new();
+    st.apply(
+        1,
+        &reg(
+            node("n1", "10.0.0.1"),
+            Some(service("web-1", "web", 80)),
+            vec![check("c1", "web-1", Status::Passing)],
+        ),
+    );
+    st.apply(
+        2,
+        &reg(
+            node("n2", "10.0.0.2"),
+            Some(service("web-2", "web", 80)),
+            vec![],
+        ),
+    );
+    st.apply(3, &member("n1", MemberStatus::Alive));
+    st.apply(7, &member("n1", MemberStatus::Left));
+    assert!(st.node("n1").is_none());
+    assert_eq!(st.node_services("n1").count(), 0);
+    assert_eq!(st.node_checks("n1").count(), 0);
+    assert_eq!(st.service_instances("web").len(), 1);
+    assert_eq!(st.service_index("web"), 7);
+    assert_eq!(st.node_index("n1"), 7);
+    assert_eq!(st.indexes().nodes, 7);
+    assert_eq!(st.indexes().services, 7);
+    assert_eq!(st.indexes().checks, 7);
+    let m = st.member("n1").expect("row stays");
+    assert_eq!(m.status, MemberStatus::Left);
+    assert_eq!(m.modify_index, 7);
+}
+
+#[test]
+fn ca_init_installs_the_first_root_only() {
+    let mut st = State::new();
+    assert!(st.active_ca_root().is_none());
+    assert_eq!(st.apply(2, &Command::CaInit(root("r1"))), Response::Done);
+    let r = st.active_ca_root().expect("active");
+    assert_eq!(r.id, "r1");
+    assert!(r.active);
+    assert_eq!(r.key_pem, "key r1");
+    assert_eq!((r.create_index, r.modify_index), (2, 2));
+    assert_eq!(st.ca_roots_index(), 2);
+
+    let before = st.clone();
+    // Every server proposes its root at bootstrap: the later ones change nothing.
+    assert_eq!(st.apply(3, &Command::CaInit(root("r2"))), Response::Done);
+    assert_eq!(st.apply(4, &Command::CaInit(root("r1"))), Response::Done);
+    assert_eq!(st.ca_roots().count(), 1);
+    assert_eq!(st.active_ca_root().expect("active").id, "r1");
+    assert_eq!(st.ca_roots_index(), 2);
+    assert_eq!(st.indexes(), before.indexes());
+
+    let mut empty = root("r3");
+    empty.cert_pem.clear();
+    assert!(matches!(
+        State::new().apply(1, &Command::CaInit(empty)),
+        Response::Rejected(_)
+    ));
+}
+
+#[test]
+fn restore_replaces_everything_and_wakes_every_index() {
+    // The image to restore: web on n1, a key, a member, a root.
+    let mut src = State::new();
+    src.apply(
+        10,
+        &reg(
+            node("n1", "10.0.0.1"),
+            Some(service("web-1", "web", 80)),
+            vec![check("c1", "web-1", Status::Passing)],
+        ),
+    );
+    src.apply(11, &kv_set("k", "old", None));
+    src.apply(12, &member("n1", MemberStatus::Alive));
+    src.apply(13, &Command::CaInit(root("r1")));
+    let image = src.image();
+
+    // The live state: db on n2, other keys.
+    let mut st = State::new();
+    st.apply(
+        20,
+        &reg(
+            node("n2", "10.0.0.2"),
+            Some(service("db-1", "db", 5432)),
+            vec![],
+        ),
+    );
+    st.apply(21, &kv_set("k", "new", None));
+    st.apply(22, &kv_set("other", "x", None));
+
+    assert_eq!(
+        st.apply(30, &Command::Restore(Box::new(image.clone()))),
+        Response::Done
+    );
+    assert_eq!(st.applied_index(), 30);
+    assert!(st.node("n2").is_none());
+    assert!(st.kv_get("other").is_none());
+    assert_eq!(st.kv_get("k").expect("k").value, b"old");
+    assert_eq!(st.service_instances("web").len(), 1);
+    assert!(st.service_instances("db").is_empty());
+    assert_eq!(st.member("n1").expect("member").status, MemberStatus::Alive);
+    assert_eq!(st.active_ca_root().expect("root").id, "r1");
+    // Objects keep their own indexes.
+    let n = st.node("n1").expect("n1");
+    assert_eq!((n.create_index, n.modify_index), (10, 10));
+    assert_eq!(st.kv_get("k").expect("k").modify_index, 11);
+    // Every index a blocking query may hold moves to the restore's.
+    for name in ["web", "db", "never"] {
+        assert_eq!(st.service_index(name), 30, "service {name}");
+    }
+    for name in ["n1", "n2", "never"] {
+        assert_eq!(st.node_index(name), 30, "node {name}");
+    }
+    assert_eq!(st.kv_key_index("k"), 30);
+    assert_eq!(st.kv_key_index("other"), 30);
+    assert_eq!(st.kv_prefix_index(""), 30);
+    assert_eq!(st.members_index(), 30);
+    assert_eq!(st.ca_roots_index(), 30);
+    let i = st.indexes();
+    assert_eq!((i.nodes, i.services, i.checks, i.kv), (30, 30, 30, 30));
+
+    // The tables are the image's.
+    let got = st.image();
+    assert_eq!(got.nodes, image.nodes);
+    assert_eq!(got.services, image.services);
+    assert_eq!(got.checks, image.checks);
+    assert_eq!(got.kv, image.kv);
+    assert_eq!(got.members, image.members);
+    assert_eq!(got.ca_roots, image.ca_roots);
+
+    // Later writes move past it as usual.
+    st.apply(31, &kv_set("k", "later", None));
+    assert_eq!(st.kv_key_index("k"), 31);
+}
+
+#[test]
+fn redaction_blanks_private_keys_only() {
+    let cmd = Command::CaInit(root("r1"));
+    let red = cmd.redacted();
+    assert!(matches!(red, Cow::Owned(_)));
+    let Command::CaInit(r) = red.as_ref() else {
+        panic!("expected CaInit, got {red:?}");
+    };
+    assert!(r.key_pem.is_empty());
+    assert_eq!(r.cert_pem, "cert r1");
+    // An already redacted command or one without keys is borrowed.
+    assert!(matches!(red.redacted(), Cow::Borrowed(_)));
+    let plain = kv_set("k", "v", None);
+    assert!(matches!(plain.redacted(), Cow::Borrowed(_)));
+    assert!(matches!(
+        member("n1", MemberStatus::Alive).redacted(),
+        Cow::Borrowed(_)
+    ));
+
+    let batch = Command::Batch(vec![plain.clone(), Command::CaInit(root("r2"))]);
+    let Command::Batch(cmds) = batch.redacted().into_owned() else {
+        panic!("expected a batch");
+    };
+    assert_eq!(cmds[0], plain);
+    assert!(matches!(&cmds[1], Command::CaInit(r) if r.key_pem.is_empty() && r.id == "r2"));
+
+    let mut st = State::new();
+    st.apply(1, &Command::CaInit(root("r1")));
+    let restore = Command::Restore(Box::new(st.image()));
+    let Command::Restore(img) = restore.redacted().into_owned() else {
+        panic!("expected a restore");
+    };
+    assert!(img.ca_roots.iter().all(|r| r.key_pem.is_empty()));
+    assert_eq!(img.ca_roots.len(), 1);
+
+    let mut image = st.image();
+    image.redact();
+    assert!(image.ca_roots[0].key_pem.is_empty());
+    // A redacted root does not serialize its key at all.
+    let json = serde_json::to_value(&image.ca_roots[0]).expect("json");
+    assert!(json.get("KeyPem").is_none(), "{json}");
+    assert_eq!(json["ID"], "r1");
+}
+
+#[test]
+fn images_without_members_or_roots_still_decode() {
+    let old = r#"{"nodes":[],"services":[],"checks":[],"kv":[],
+        "indexes":{"nodes":1,"services":1,"checks":1,"kv":0,"kv_delete":0,
+                   "by_service":{},"by_node":{}},"applied":1}"#;
+    let img: StateImage = serde_json::from_str(old).expect("old image decodes");
+    assert!(img.members.is_empty() && img.ca_roots.is_empty());
+    let st = State::from_image(img);
+    assert_eq!(st.members_index(), 0);
+    assert_eq!(st.applied_index(), 1);
+}
+
+#[test]
+fn new_commands_round_trip_through_json() {
+    let mut st = State::new();
+    st.apply(1, &member("n1", MemberStatus::Failed));
+    let cmds = vec![
+        member("n1", MemberStatus::Left),
+        Command::CaInit(root("r1")),
+        Command::Restore(Box::new(st.image())),
+    ];
+    for c in cmds {
+        let j = serde_json::to_string(&c).expect("ser");
+        let back: Command = serde_json::from_str(&j).expect("de");
+        assert_eq!(back, c);
+    }
+    assert_eq!(member("n", MemberStatus::Alive).kind(), "member_set");
+    assert_eq!(Command::CaInit(root("r")).kind(), "ca_init");
+    assert_eq!(Command::Restore(Box::default()).kind(), "restore");
 }

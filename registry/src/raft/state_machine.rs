@@ -26,6 +26,7 @@ use super::metrics::{gauge_value, KindLabels, RaftMetrics};
 use super::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoreError, StoredMembership, TypeConfig,
 };
+use crate::archive::fnv1a;
 use crate::command::Response;
 use crate::feed::{Feed, DEFAULT_FEED_ENTRIES};
 use crate::state::{State, StateImage};
@@ -47,13 +48,6 @@ struct SnapshotHeader {
     meta: SnapshotMeta,
     len: u64,
     checksum: u64,
-}
-
-/// 64-bit FNV-1a: a stable checksum of the stored snapshot data.
-fn fnv1a(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 /// Decodes snapshot data and checks it against its meta.
