@@ -22,6 +22,7 @@
 
 pub mod binary;
 pub mod check_target;
+pub mod cluster;
 pub mod dump;
 pub mod http;
 pub mod meshd;

@@ -151,16 +151,21 @@ fn kill_netns_processes(ns: &str) {
     }
 }
 
-/// Sends SIGKILL to `pid` (errors, such as a process that already exited, are ignored).
+/// Sends signal `sig` to `pid` (errors, such as a process that already exited, are ignored).
 #[allow(unsafe_code)]
-pub fn sigkill(pid: u32) {
+pub fn send_signal(pid: u32, sig: libc::c_int) {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return;
     };
     // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     unsafe {
-        libc::kill(pid, libc::SIGKILL);
+        libc::kill(pid, sig);
     }
+}
+
+/// Sends SIGKILL to `pid`.
+pub fn sigkill(pid: u32) {
+    send_signal(pid, libc::SIGKILL);
 }
 
 /// Names of the network namespaces (`ip netns list`).
