@@ -38,7 +38,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// List the members of the cluster: name, address, status, role and datacenter.
+    /// List the members of the cluster: name, address, status, type (server/client) and DC.
     Members,
     /// List the services in the catalog with their tags.
     Services,
@@ -53,6 +53,152 @@ pub enum Command {
     /// Read and write the key/value store.
     #[command(subcommand)]
     Kv(KvCommand),
+    /// Make the local agent leave the cluster gracefully and shut down.
+    Leave,
+    /// Cluster operations: the Raft peer set.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+    /// Save or restore a snapshot of the servers' state.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Create the mesh CA and server certificates, offline, in the current directory.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OperatorCommand {
+    /// The servers' Raft configuration.
+    #[command(subcommand)]
+    Raft(RaftCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RaftCommand {
+    /// List the Raft peers: node, ID, address, state (leader, follower, learner) and vote.
+    ListPeers,
+    /// Remove a peer from the Raft configuration, by ID or by address.
+    RemovePeer(RemovePeerArgs),
+}
+
+/// Exactly one of `--id` and `--address` (Consul's `-id`/`-address` are accepted too).
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("peer").args(["id", "address"]).required(true)))]
+pub struct RemovePeerArgs {
+    /// Raft ID of the peer to remove.
+    #[arg(long)]
+    pub id: Option<String>,
+
+    /// Address (host:port) of the peer to remove.
+    #[arg(long)]
+    pub address: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Save a snapshot of the servers' state to FILE (GET /v1/snapshot).
+    Save {
+        /// Where to write the snapshot (written to FILE.tmp, then renamed).
+        file: PathBuf,
+
+        /// Let any server answer, not only the leader (the snapshot may be stale).
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Restore the servers' state from a snapshot FILE (PUT /v1/snapshot).
+    Restore {
+        /// A snapshot written by `meshctl snapshot save`.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TlsCommand {
+    /// The certificate authority.
+    #[command(subcommand)]
+    Ca(TlsCaCommand),
+    /// Leaf certificates.
+    #[command(subcommand)]
+    Cert(TlsCertCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TlsCaCommand {
+    /// Create a CA: writes mesh-agent-ca.pem and mesh-agent-ca-key.pem (never overwrites).
+    Create {
+        /// Trust domain named by the CA and every SPIFFE ID it signs.
+        #[arg(long, default_value = registry::ca::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = 1825, value_parser = clap::value_parser!(u32).range(1..))]
+        days: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TlsCertCommand {
+    /// Create a server certificate: writes <dc>-server-mesh-<n>.pem and its -key.pem.
+    Create(CertCreateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CertCreateArgs {
+    /// Create a server certificate (the only kind created offline).
+    #[arg(long)]
+    pub server: bool,
+
+    /// Node name of the server the certificate is for.
+    #[arg(long)]
+    pub node: Option<String>,
+
+    /// Datacenter of the server.
+    #[arg(long, default_value = "dc1")]
+    pub dc: String,
+
+    /// The CA certificate.
+    #[arg(long, default_value = "mesh-agent-ca.pem")]
+    pub ca: PathBuf,
+
+    /// The CA's private key.
+    #[arg(long, default_value = "mesh-agent-ca-key.pem")]
+    pub key: PathBuf,
+
+    /// Days the certificate is valid (never past the CA's expiry).
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..))]
+    pub days: u32,
+}
+
+/// Consul spells long flags with one dash (`-id`, `-address`, `-stale`); clap would read
+/// those as bundles of short flags. Rewrites the ones meshctl shares with Consul to the
+/// double-dash form, after the subcommand that takes them and before any `--`.
+pub fn consul_style_args<I>(args: I) -> Vec<std::ffi::OsString>
+where
+    I: IntoIterator,
+    I::Item: Into<std::ffi::OsString>,
+{
+    const SINGLE_DASH: &[(&str, &[&str])] =
+        &[("remove-peer", &["id", "address"]), ("save", &["stale"])];
+    let mut flags: &[&str] = &[];
+    let mut out = Vec::new();
+    for arg in args {
+        let arg: std::ffi::OsString = arg.into();
+        let rewritten = arg.to_str().and_then(|a| {
+            if a == "--" {
+                flags = &[];
+                return None;
+            }
+            if let Some((_, f)) = SINGLE_DASH.iter().find(|(cmd, _)| *cmd == a) {
+                flags = f;
+                return None;
+            }
+            let body = a.strip_prefix('-').filter(|b| !b.starts_with('-'))?;
+            let name = body.split_once('=').map_or(body, |(n, _)| n);
+            flags.contains(&name).then(|| format!("-{a}").into())
+        });
+        out.push(rewritten.unwrap_or(arg));
+    }
+    out
 }
 
 #[derive(Subcommand, Debug)]
@@ -440,6 +586,119 @@ mod tests {
         };
         assert_eq!(args.service, "web");
         assert!(args.passing);
+    }
+
+    #[test]
+    fn operator_and_snapshot_commands() {
+        let cli = parse(&["operator", "raft", "list-peers", "-o", "json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Operator(OperatorCommand::Raft(RaftCommand::ListPeers))
+        ));
+        let cli = parse(&["operator", "raft", "remove-peer", "--id", "abc"]).unwrap();
+        let Command::Operator(OperatorCommand::Raft(RaftCommand::RemovePeer(args))) = cli.command
+        else {
+            panic!("wrong command");
+        };
+        assert_eq!((args.id.as_deref(), args.address), (Some("abc"), None));
+        assert!(parse(&["operator", "raft", "remove-peer"]).is_err());
+        assert!(parse(&[
+            "operator",
+            "raft",
+            "remove-peer",
+            "--id",
+            "a",
+            "--address",
+            "b"
+        ])
+        .is_err());
+
+        let cli = parse(&["snapshot", "save", "--stale", "s.snap"]).unwrap();
+        let Command::Snapshot(SnapshotCommand::Save { file, stale }) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!((file, stale), (PathBuf::from("s.snap"), true));
+        assert!(parse(&["snapshot", "restore"]).is_err());
+        assert!(matches!(parse(&["leave"]).unwrap().command, Command::Leave));
+    }
+
+    #[test]
+    fn consul_single_dash_flags() {
+        let args = |a: &[&str]| -> Vec<String> {
+            consul_style_args(a.iter().copied())
+                .into_iter()
+                .map(|s| s.into_string().unwrap())
+                .collect()
+        };
+        assert_eq!(
+            args(&["meshctl", "operator", "raft", "remove-peer", "-id", "x"]),
+            ["meshctl", "operator", "raft", "remove-peer", "--id", "x"]
+        );
+        assert_eq!(
+            args(&[
+                "meshctl",
+                "operator",
+                "raft",
+                "remove-peer",
+                "-address=10.0.0.1:8301"
+            ]),
+            [
+                "meshctl",
+                "operator",
+                "raft",
+                "remove-peer",
+                "--address=10.0.0.1:8301"
+            ]
+        );
+        assert_eq!(
+            args(&["meshctl", "snapshot", "save", "-stale", "f"]),
+            ["meshctl", "snapshot", "save", "--stale", "f"]
+        );
+        // Not after another command, not a value, not after `--`.
+        assert_eq!(
+            args(&["meshctl", "kv", "put", "k", "-id"]),
+            ["meshctl", "kv", "put", "k", "-id"]
+        );
+        assert_eq!(
+            args(&["meshctl", "snapshot", "save", "--", "-stale"]),
+            ["meshctl", "snapshot", "save", "--", "-stale"]
+        );
+        let cli = Cli::try_parse_from(consul_style_args([
+            "meshctl",
+            "operator",
+            "raft",
+            "remove-peer",
+            "-id",
+            "r1",
+        ]))
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Operator(OperatorCommand::Raft(RaftCommand::RemovePeer(
+                RemovePeerArgs { id: Some(_), .. }
+            )))
+        ));
+    }
+
+    #[test]
+    fn tls_commands() {
+        let cli = parse(&["tls", "ca", "create"]).unwrap();
+        let Command::Tls(TlsCommand::Ca(TlsCaCommand::Create { trust_domain, days })) = cli.command
+        else {
+            panic!("wrong command");
+        };
+        assert_eq!((trust_domain.as_str(), days), ("mesh.local", 1825));
+        assert!(parse(&["tls", "ca", "create", "--days", "0"]).is_err());
+
+        let cli = parse(&["tls", "cert", "create", "--server", "--node", "s1"]).unwrap();
+        let Command::Tls(TlsCommand::Cert(TlsCertCommand::Create(args))) = cli.command else {
+            panic!("wrong command");
+        };
+        assert!(args.server);
+        assert_eq!(args.node.as_deref(), Some("s1"));
+        assert_eq!((args.dc.as_str(), args.days), ("dc1", 365));
+        assert_eq!(args.ca, PathBuf::from("mesh-agent-ca.pem"));
+        assert_eq!(args.key, PathBuf::from("mesh-agent-ca-key.pem"));
     }
 
     #[test]

@@ -207,6 +207,13 @@ fn server_message(body: &[u8]) -> String {
     }
 }
 
+/// A 2xx answer.
+#[derive(Default)]
+struct Answer {
+    body: Vec<u8>,
+    headers: reqwest::header::HeaderMap,
+}
+
 /// A blocking client bound to one agent address.
 pub struct Client {
     base: String,
@@ -235,6 +242,19 @@ impl Client {
         body: Option<Vec<u8>>,
         allow_404: bool,
     ) -> Result<Option<Vec<u8>>, ClientError> {
+        Ok(self
+            .send_full(method, path, body, allow_404)?
+            .map(|answer| answer.body))
+    }
+
+    /// Like [`Client::send`], keeping the answer's headers.
+    fn send_full(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        allow_404: bool,
+    ) -> Result<Option<Answer>, ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method.clone(), &url);
         if let Some(body) = body {
@@ -261,9 +281,13 @@ impl Client {
         };
         let resp = req.send().map_err(transport)?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let bytes = resp.bytes().map_err(transport)?;
         if status.is_success() {
-            Ok(Some(bytes.to_vec()))
+            Ok(Some(Answer {
+                body: bytes.to_vec(),
+                headers,
+            }))
         } else if allow_404 && status == reqwest::StatusCode::NOT_FOUND {
             Ok(None)
         } else {
@@ -324,6 +348,20 @@ impl Client {
             .send(Method::PUT, path, Some(body), false)?
             .unwrap_or_default();
         Self::decode(Method::PUT, path, &answer)
+    }
+
+    /// GET raw bytes (a 404 is an error) with the `X-Consul-Index` of the answer, if it had
+    /// a valid one.
+    pub fn get_raw_indexed(&self, path: &str) -> Result<(Vec<u8>, Option<u64>), ClientError> {
+        let answer = self
+            .send_full(Method::GET, path, None, false)?
+            .unwrap_or_default();
+        let index = answer
+            .headers
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        Ok((answer.body, index))
     }
 
     /// DELETE; returns the answer's JSON, if any.

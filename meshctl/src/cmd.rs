@@ -3,9 +3,13 @@
 mod catalog;
 mod health;
 mod kv;
+mod leave;
 mod members;
+mod operator;
 mod service;
 mod services;
+mod snapshot;
+mod tls;
 
 use crate::cli::{Cli, Command};
 use crate::client::Client;
@@ -33,16 +37,30 @@ impl Ctx {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let ctx = Ctx {
-        client: Client::new(cli.http_addr)?,
-        format: cli.output,
+    let Cli {
+        http_addr,
+        output: format,
+        command,
+    } = cli;
+    // Offline: no agent needed.
+    let command = match command {
+        Command::Tls(cmd) => return tls::run(format, cmd),
+        other => other,
     };
-    match cli.command {
+    let ctx = Ctx {
+        client: Client::new(http_addr)?,
+        format,
+    };
+    match command {
         Command::Members => members::run(&ctx),
         Command::Services => services::run(&ctx),
         Command::Service(cmd) => service::run(&ctx, cmd),
         Command::Catalog(cmd) => catalog::run(&ctx, cmd),
         Command::Health(args) => health::run(&ctx, args),
         Command::Kv(cmd) => kv::run(&ctx, cmd),
+        Command::Leave => leave::run(&ctx),
+        Command::Operator(cmd) => operator::run(&ctx, cmd),
+        Command::Snapshot(cmd) => snapshot::run(&ctx, cmd),
+        Command::Tls(cmd) => tls::run(ctx.format, cmd),
     }
 }

@@ -6,7 +6,7 @@
 //! - [`client`]: the HTTP calls, address parsing and the error type that names the cause;
 //! - [`output`]: table and JSON rendering;
 //! - [`cmd`]: one file per command group (`members`, `services`, `service`, `catalog`,
-//!   `health`, `kv`).
+//!   `health`, `kv`, `leave`, `operator`, `snapshot`, and the offline `tls`).
 //!
 //! Exit codes: 0 success, 1 any failure (one `Error: ...` line on stderr), 2 bad usage (clap).
 
@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_from(cli::consul_style_args(std::env::args_os()));
     match cmd::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`meshctl kv ls | head`): not an error worth a message.

@@ -77,6 +77,15 @@ pub enum CaError {
     CsrSignature,
     #[error("CSR public key is not supported: {0}")]
     CsrKey(String),
+    #[error("certificate was not issued by this CA")]
+    NotIssuedByCa,
+    #[error("certificate is not valid now (valid from {not_before} to {not_after})")]
+    NotValidNow {
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    },
+    #[error("certificate names trust domain {found:?}, the CA {expected:?}")]
+    WrongTrustDomain { expected: String, found: String },
 }
 
 /// A CA certificate and its private key, both PEM, and the trust domain it names.
@@ -305,6 +314,37 @@ pub fn spiffe_id_of(cert_der: &[u8]) -> Result<SpiffeId, CaError> {
         [uri] => SpiffeId::parse(uri),
         many => Err(CaError::ManySpiffeSans(many.len())),
     }
+}
+
+/// Checks that the first certificate of `leaf_pem` was signed by the CA `ca_cert_pem`, is valid
+/// now, and names a SPIFFE ID in the CA's trust domain; returns that ID. (Offline checks of
+/// issued files; connections are verified by rustls.)
+pub fn verify_leaf(ca_cert_pem: &str, leaf_pem: &str) -> Result<SpiffeId, CaError> {
+    let ca_der = first_cert(ca_cert_pem)?;
+    let ca_cert = parse_cert(&ca_der)?;
+    check_is_ca(&ca_cert)?;
+    let trust_domain = ca_trust_domain(&ca_cert)?;
+    let leaf_der = first_cert(leaf_pem)?;
+    let leaf = parse_cert(&leaf_der)?;
+    if leaf.issuer().as_raw() != ca_cert.subject().as_raw()
+        || leaf.verify_signature(Some(ca_cert.public_key())).is_err()
+    {
+        return Err(CaError::NotIssuedByCa);
+    }
+    if !leaf.validity().is_valid() {
+        return Err(CaError::NotValidNow {
+            not_before: leaf.validity().not_before.to_datetime(),
+            not_after: leaf.validity().not_after.to_datetime(),
+        });
+    }
+    let id = spiffe_id_of(&leaf_der)?;
+    if id.trust_domain != trust_domain {
+        return Err(CaError::WrongTrustDomain {
+            expected: trust_domain,
+            found: id.trust_domain,
+        });
+    }
+    Ok(id)
 }
 
 /// A node (or service) name: 1..=63 characters of `[A-Za-z0-9-_.]`, not starting with `-`.
@@ -799,6 +839,33 @@ mod tests {
         assert!(matches!(
             pem_to_ders(&a.key_pem),
             Err(CaError::NoCertificate)
+        ));
+    }
+
+    #[test]
+    fn verify_leaf_checks_issuer_and_trust_domain() {
+        let ca = create_ca("a.example", 10).expect("ca");
+        let s = issue_server_cert(&ca, "s1", "dc1", 1).expect("issue");
+        assert_eq!(
+            verify_leaf(&ca.cert_pem, &s.cert_pem)
+                .expect("verify")
+                .identity,
+            Identity::Server("s1".into())
+        );
+        // Same subject name (same trust domain), other key: the signature decides.
+        let twin = create_ca("a.example", 10).expect("twin");
+        assert!(matches!(
+            verify_leaf(&twin.cert_pem, &s.cert_pem),
+            Err(CaError::NotIssuedByCa)
+        ));
+        let other = create_ca("b.example", 10).expect("other");
+        assert!(matches!(
+            verify_leaf(&other.cert_pem, &s.cert_pem),
+            Err(CaError::NotIssuedByCa)
+        ));
+        assert!(matches!(
+            verify_leaf(&s.cert_pem, &s.cert_pem),
+            Err(CaError::NotCa)
         ));
     }
 

@@ -26,8 +26,17 @@ pub fn status_name(status: &Value) -> String {
     }
 }
 
+/// Consul's member type: the `role` tag "consul" marks a server, anything else a client.
+fn member_type(role: &str) -> &'static str {
+    match role {
+        "consul" => "server",
+        "" => "",
+        _ => "client",
+    }
+}
+
 fn table(members: &Value) -> Table {
-    let mut t = Table::new(&["Node", "Address", "Status", "Role", "DC"]);
+    let mut t = Table::new(&["Node", "Address", "Status", "Type", "DC"]);
     for m in members.as_array().into_iter().flatten() {
         let tags = m.get("Tags").unwrap_or(&Value::Null);
         let port = m.get("Port").and_then(Value::as_u64).unwrap_or(0);
@@ -35,7 +44,7 @@ fn table(members: &Value) -> Table {
             str_field(m, "Name").to_string(),
             host_port(str_field(m, "Addr"), port),
             status_name(m.get("Status").unwrap_or(&Value::Null)),
-            str_field(tags, "role").to_string(),
+            member_type(str_field(tags, "role")).to_string(),
             str_field(tags, "dc").to_string(),
         ]);
     }
@@ -58,9 +67,9 @@ mod tests {
         ]);
         assert_eq!(
             table(&members).render(),
-            "Node   Address        Status  Role    DC\n\
-             alpha  10.0.0.1:8301  alive   consul  dc1\n\
-             beta   10.0.0.2:8301  failed  node    dc1\n\
+            "Node   Address        Status  Type    DC\n\
+             alpha  10.0.0.1:8301  alive   server  dc1\n\
+             beta   10.0.0.2:8301  failed  client  dc1\n\
              gamma  10.0.0.3:8301  left    -       -\n"
         );
     }
