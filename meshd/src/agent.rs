@@ -6,14 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use registry::{Check, Command, Node, Register, Registry, RegistryConfig, Status};
+use registry::{Check, Command, Node, Register, Status};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api;
 use crate::checks::CheckRunner;
+use crate::cluster::Cluster;
 use crate::config::RuntimeConfig;
 use crate::local::AgentInfo;
+use crate::store::Store;
 
 /// How long in-flight HTTP requests may take to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,24 +48,32 @@ pub async fn run(cfg: RuntimeConfig) -> anyhow::Result<()> {
     };
 
     let mut metrics = prometheus_client::registry::Registry::default();
-    let registry = Registry::open(
-        RegistryConfig {
-            data_dir: data_dir.join("raft"),
-            node_id: raft_id(&node_id),
-            advertise: format!("{}:8301", cfg.advertise_addr),
-            snapshot_threshold: cfg.snapshot_threshold,
-            cache_capacity: cfg.cache_bytes,
-        },
+    let cancel = CancellationToken::new();
+    // Enrollment (agents) may wait for servers: a signal meanwhile stops the start.
+    let signal_cancel = cancel.clone();
+    let early_signal = tokio::spawn(async move {
+        shutdown_signal().await;
+        signal_cancel.cancel();
+    });
+    let cluster = Cluster::start(
+        &cfg,
+        &data_dir,
+        raft_id(&node_id),
         &mut metrics,
+        cancel.clone(),
     )
     .await
-    .context("opening the registry")?;
+    .context("joining the cluster")?;
+    early_signal.abort();
+    let Some(cluster) = cluster else {
+        info!("stopped before the agent enrolled");
+        return Ok(());
+    };
+    let store = cluster.store.clone();
+    let single = cfg.dev || cfg.cluster.bootstrap_expect == 1;
 
-    register_node(&registry, &agent).await?;
-
-    let cancel = CancellationToken::new();
     let checks = CheckRunner::new(
-        registry.clone(),
+        store.clone(),
         agent.node.clone(),
         cfg.check_update_interval,
         &mut metrics,
@@ -71,18 +81,43 @@ pub async fn run(cfg: RuntimeConfig) -> anyhow::Result<()> {
     .context("creating the check runner")?;
     let api_metrics = api::ApiMetrics::new(&mut metrics);
     let ctx = Arc::new(api::ApiContext::new(
-        registry.clone(),
+        store.clone(),
         agent.clone(),
         checks.clone(),
         Arc::new(metrics),
         api_metrics,
         cancel.clone(),
     ));
-    for (file, def) in &definitions {
-        api::register_service_definition(&ctx, def, false)
-            .await
-            .with_context(|| format!("service definition {}", file.display()))?;
-    }
+    // A single server leads at once: register before serving, so a bad definition stops the
+    // start. In a cluster, registration waits for a leader in the background.
+    let registration = if single {
+        register_node(&store, &agent).await?;
+        register_definitions(&ctx, &definitions).await?;
+        None
+    } else {
+        let (ctx, store, agent, cancel) =
+            (ctx.clone(), store.clone(), agent.clone(), cancel.clone());
+        Some(tokio::spawn(async move {
+            loop {
+                let res = async {
+                    register_node(&store, &agent).await?;
+                    register_definitions(&ctx, &definitions).await
+                }
+                .await;
+                match res {
+                    Ok(()) => return,
+                    Err(e) => warn!(
+                        error = format!("{e:#}"),
+                        "registering this node failed; retrying"
+                    ),
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }))
+    };
     let checks_task = checks.spawn(cancel.clone());
 
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
@@ -97,17 +132,31 @@ pub async fn run(cfg: RuntimeConfig) -> anyhow::Result<()> {
             .await
     });
 
+    let role = if cfg.server { "server" } else { "agent" };
     println!(
-        "==> meshd serving: http=http://{http_addr} node={} datacenter={} data_dir={}",
+        "==> meshd serving: http=http://{http_addr} quic={} node={} datacenter={} data_dir={} role={role}",
+        cluster.advertise,
         agent.node,
         agent.datacenter,
         data_dir.display()
     );
-    info!(%http_addr, "serving");
+    info!(%http_addr, quic = %cluster.advertise, role, "serving");
 
-    shutdown_signal().await;
+    let left = tokio::select! {
+        _ = shutdown_signal() => false,
+        _ = ctx.leave_requested.cancelled() => true,
+    };
+    if !left && cfg.cluster.leave_on_terminate {
+        info!("leave_on_terminate: leaving the cluster");
+        if let Err(e) = cluster.leave().await {
+            warn!(error = %e, "leaving the cluster failed");
+        }
+    }
     info!("shutting down: draining HTTP requests");
     cancel.cancel();
+    if let Some(r) = registration {
+        r.abort();
+    }
     match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => warn!(error = %e, "HTTP server error"),
@@ -115,13 +164,25 @@ pub async fn run(cfg: RuntimeConfig) -> anyhow::Result<()> {
         Err(_) => warn!("HTTP requests did not finish within {DRAIN_TIMEOUT:?}; closing"),
     }
     let _ = checks_task.await;
-    registry.shutdown().await;
+    cluster.shutdown().await;
     info!("stopped");
     Ok(())
 }
 
+async fn register_definitions(
+    ctx: &api::ApiContext,
+    definitions: &[(PathBuf, serde_json::Value)],
+) -> anyhow::Result<()> {
+    for (file, def) in definitions {
+        api::register_service_definition(ctx, def, false)
+            .await
+            .with_context(|| format!("service definition {}", file.display()))?;
+    }
+    Ok(())
+}
+
 /// Upserts this node and its liveness check.
-async fn register_node(registry: &Registry, agent: &AgentInfo) -> anyhow::Result<()> {
+async fn register_node(registry: &Store, agent: &AgentInfo) -> anyhow::Result<()> {
     let cmd = Command::Register(Register {
         node: Node {
             id: agent.node_id.clone(),

@@ -14,6 +14,7 @@
 mod agent;
 mod blocking;
 mod catalog;
+mod cluster;
 mod decode;
 mod definition;
 mod error;
@@ -34,13 +35,14 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::Router;
-use registry::{Applied, Command, Registry, Response as CmdResponse};
+use registry::{Applied, Command, Response as CmdResponse};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::checks::CheckRunner;
 use crate::local::AgentInfo;
+use crate::store::Store;
 pub use agent::register_service_definition;
 pub use error::ApiError;
 pub use metrics::ApiMetrics;
@@ -51,7 +53,9 @@ pub const X_CONSUL_LAST_CONTACT: HeaderName = HeaderName::from_static("x-consul-
 
 /// Everything the handlers share.
 pub struct ApiContext {
-    pub registry: Registry,
+    pub registry: Store,
+    /// Fired by `PUT /v1/agent/leave` once this member has left: the agent then stops.
+    pub leave_requested: CancellationToken,
     pub agent: AgentInfo,
     pub checks: CheckRunner,
     /// Encoded for `/metrics` and `/v1/agent/metrics?format=prometheus`.
@@ -63,7 +67,7 @@ pub struct ApiContext {
 
 impl ApiContext {
     pub fn new(
-        registry: Registry,
+        registry: Store,
         agent: AgentInfo,
         checks: CheckRunner,
         metrics_registry: Arc<prometheus_client::registry::Registry>,
@@ -77,6 +81,7 @@ impl ApiContext {
             metrics_registry,
             metrics,
             shutdown,
+            leave_requested: CancellationToken::new(),
         }
     }
 }
@@ -133,6 +138,23 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         )
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
+        .route("/v1/agent/leave", put(cluster::leave))
+        .route(
+            "/v1/operator/raft/configuration",
+            get(cluster::raft_configuration),
+        )
+        .route(
+            "/v1/operator/raft/peer",
+            axum::routing::delete(cluster::raft_remove_peer),
+        )
+        .route(
+            "/v1/snapshot",
+            get(cluster::snapshot_save)
+                .put(cluster::snapshot_restore)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    crate::transport::frame::MAX_FRAME / 2,
+                )),
+        )
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), observe))
         .with_state(ctx)

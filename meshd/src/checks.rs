@@ -16,7 +16,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use registry::{Check, CheckDefinition, Command, Registry, Status, WriteError};
+use registry::{Check, CheckDefinition, Command, Status, WriteError};
+
+use crate::store::Store;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -50,7 +52,7 @@ pub struct CheckRunner {
 }
 
 struct Inner {
-    registry: Registry,
+    registry: Store,
     node: String,
     update_interval: Duration,
     http: probe::HttpClients,
@@ -76,7 +78,7 @@ struct TaskSpec {
 
 impl CheckRunner {
     pub fn new(
-        registry: Registry,
+        registry: Store,
         node: String,
         update_interval: Duration,
         metrics_registry: &mut prometheus_client::registry::Registry,

@@ -53,4 +53,39 @@ pub struct AgentArgs {
     /// Write logs as JSON lines.
     #[arg(long)]
     pub log_json: bool,
+    /// Wait for this many servers before bootstrapping the Raft cluster (servers only).
+    #[arg(long, value_name = "N")]
+    pub bootstrap_expect: Option<u32>,
+    /// A server to join (IP:PORT, port 8301 if omitted); repeat for several. Retried until it
+    /// works, as Consul's --retry-join.
+    #[arg(long = "join", visible_alias = "retry-join", value_name = "ADDR")]
+    pub join: Vec<String>,
+    /// QUIC address (UDP) for Raft, agent RPC and tunnels (default 0.0.0.0:8301; 127.0.0.1:8301
+    /// with --dev).
+    #[arg(long, value_name = "IP:PORT")]
+    pub bind: Option<SocketAddr>,
+    /// IP other hosts reach this one at (default: the bind IP).
+    #[arg(long, value_name = "IP")]
+    pub advertise: Option<std::net::IpAddr>,
+    /// Join token: on servers, the token agents must present; on agents, the one to present.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "MESHD_JOIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub join_token: Option<String>,
+    /// The mesh CA certificate (PEM) that every certificate is checked against.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// This host's certificate (PEM; servers: from `meshctl tls cert create --server`).
+    #[arg(long, value_name = "FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// The key of --cert-file (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// The CA's private key, imported into the registry when the cluster bootstraps so that
+    /// any leader can sign node certificates (servers only).
+    #[arg(long, value_name = "FILE")]
+    pub ca_key_file: Option<PathBuf>,
 }

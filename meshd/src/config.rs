@@ -11,6 +11,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::cli::AgentArgs;
+pub use cluster::ClusterConfig;
+
+mod cluster;
 use crate::duration::parse_go_duration;
 
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
@@ -54,6 +57,20 @@ pub struct FileConfig {
     pub check_update_interval: Option<String>,
     /// sled cache size in MiB.
     pub cache_mb: Option<u64>,
+    /// QUIC (UDP) bind address, `IP:PORT`.
+    pub bind_addr: Option<String>,
+    pub bootstrap_expect: Option<u32>,
+    /// Servers to join, `IP:PORT` (retried until one answers).
+    pub retry_join: Option<Vec<String>>,
+    pub join_token: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub ca_key_file: Option<PathBuf>,
+    /// Go duration after which a node without heartbeats is marked failed.
+    pub liveness_timeout: Option<String>,
+    pub heartbeat_interval: Option<String>,
+    pub leave_on_terminate: Option<bool>,
 }
 
 /// The validated configuration the agent runs with.
@@ -74,6 +91,7 @@ pub struct RuntimeConfig {
     pub snapshot_threshold: u64,
     pub check_update_interval: Duration,
     pub cache_bytes: u64,
+    pub cluster: ClusterConfig,
 }
 
 /// Reads and parses a TOML config file.
@@ -149,20 +167,6 @@ pub fn build(args: &AgentArgs) -> Result<RuntimeConfig, ConfigError> {
             })?,
     };
 
-    let advertise_addr = match &file.advertise_addr {
-        Some(a) => {
-            a.parse::<std::net::IpAddr>()
-                .map_err(|e| ConfigError::Invalid {
-                    source_name: file_name.clone(),
-                    key: "advertise_addr",
-                    value: a.clone(),
-                    reason: format!("{e}; expected an IP address"),
-                })?;
-            a.clone()
-        }
-        None => http_addr.ip().to_string(),
-    };
-
     let server = args.server || args.dev || file.server.unwrap_or(false);
     let data_dir = args.data_dir.clone().or(file.data_dir.clone());
     if data_dir.is_none() && !args.dev {
@@ -174,17 +178,6 @@ pub fn build(args: &AgentArgs) -> Result<RuntimeConfig, ConfigError> {
                 .into(),
         });
     }
-    if !server {
-        return Err(ConfigError::Invalid {
-            source_name: src(false),
-            key: "server",
-            value: "false".into(),
-            reason: "client-only agents join servers, which this build does not do yet; \
-                     run with --server (or --dev)"
-                .into(),
-        });
-    }
-
     let log_level = args
         .log_level
         .clone()
@@ -242,6 +235,9 @@ pub fn build(args: &AgentArgs) -> Result<RuntimeConfig, ConfigError> {
         }
     }
 
+    let cluster = cluster::build(args, &file, &file_name, server, http_addr.ip())?;
+    let advertise_addr = cluster.advertise_ip.to_string();
+
     Ok(RuntimeConfig {
         dev: args.dev,
         server,
@@ -257,6 +253,7 @@ pub fn build(args: &AgentArgs) -> Result<RuntimeConfig, ConfigError> {
         snapshot_threshold,
         check_update_interval,
         cache_bytes: cache_mb * 1024 * 1024,
+        cluster,
     })
 }
 

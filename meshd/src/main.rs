@@ -9,11 +9,14 @@ mod agent;
 mod api;
 mod checks;
 mod cli;
+mod cluster;
 mod config;
 mod definitions;
 mod duration;
 mod local;
 mod logging;
+mod store;
+mod transport;
 
 use clap::Parser;
 

@@ -18,12 +18,14 @@ pub mod model;
 pub mod query;
 pub mod raft;
 pub mod state;
+pub mod view;
 
 pub use command::{Command, Register, Response};
 pub use feed::{Feed, FeedEntry, FeedGap, DEFAULT_FEED_ENTRIES};
 pub use model::{CaRoot, Member, MemberRole, MemberStatus};
 pub use model::{Check, CheckDefinition, KvEntry, Node, Service, ServiceAddress, Status, Weights};
 pub use raft::{
-    Applied, Consistency, LeaderInfo, OpenError, ReadError, Registry, RegistryConfig, WriteError,
+    AdminError, Applied, Bootstrap, Consistency, LeaderInfo, OpenError, Peer, ReadError, Registry,
+    RegistryConfig, WriteError,
 };
 pub use state::State;

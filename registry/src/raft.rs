@@ -9,6 +9,7 @@
 //! On open, the state is loaded from the stored snapshot and openraft re-applies the committed
 //! log after it; an entry is acknowledged only once it is flushed to disk and applied.
 
+mod admin;
 mod batch;
 mod disk;
 mod log_store;
@@ -29,9 +30,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub use admin::{AdminError, Peer};
 pub use disk::Disk;
 pub use log_store::{LogStats, LogStore};
 pub use network::{NoConnection, NoNetwork, NoTransport};
+pub use openraft::RaftNetworkFactory;
 pub use state_machine::{SnapshotBuilder, SnapshotPayload, StateMachineStore};
 pub use types::{StoreError, TypeConfig};
 
@@ -73,6 +76,19 @@ pub struct RegistryConfig {
     pub snapshot_threshold: u64,
     /// sled's page cache, bytes.
     pub cache_capacity: u64,
+    /// How a new store starts.
+    pub bootstrap: Bootstrap,
+}
+
+/// How a server with a new (empty) store starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Bootstrap a one-server cluster at once and wait until it leads (`--dev`,
+    /// `bootstrap_expect = 1`).
+    Single,
+    /// Start Raft and return: the cluster module forms the cluster with the other servers
+    /// ([`Registry::initialize`]) or has this server added to an existing one.
+    Cluster,
 }
 
 /// The outcome of an acknowledged (durable, committed, applied) write.
@@ -144,6 +160,8 @@ struct Inner {
     /// Group commit of writes; its task ends when this is dropped or at shutdown.
     batcher: Batcher,
     batch_task: Mutex<Option<JoinHandle<()>>>,
+    /// Recent applied commands, for agents' watch streams.
+    feed: Arc<Mutex<crate::feed::Feed>>,
 }
 
 impl Drop for Inner {
@@ -228,9 +246,10 @@ impl Registry {
     /// Opens (or creates) the store in `cfg.data_dir`, starts Raft, bootstraps a single-server
     /// cluster if the store is new, and returns once this server is leader and has applied
     /// everything committed. Registers its metrics in `metrics`.
-    pub async fn open(
+    pub async fn open<N: RaftNetworkFactory<TypeConfig>>(
         cfg: RegistryConfig,
         metrics: &mut prometheus_client::registry::Registry,
+        network: N,
     ) -> Result<Registry, OpenError> {
         let path = cfg.data_dir.clone();
         let raft_config = raft_config(&cfg)?;
@@ -261,7 +280,8 @@ impl Registry {
             snapshot_index = *applied_rx.borrow(),
             "opening the registry"
         );
-        let raft = types::Raft::new(cfg.node_id, Arc::new(raft_config), NoNetwork, logs, sm)
+        let feed = sm.feed();
+        let raft = types::Raft::new(cfg.node_id, Arc::new(raft_config), network, logs, sm)
             .await
             .map_err(|e| OpenError::Raft(format!("start raft: {e}")))?;
         let (batcher, batch_task) = Batcher::start(raft.clone());
@@ -285,10 +305,18 @@ impl Registry {
             watcher: Mutex::new(None),
             batcher,
             batch_task: Mutex::new(Some(batch_task)),
+            feed,
         });
         let watcher = tokio::spawn(watch_raft(Arc::downgrade(&inner)));
         *inner.watcher.lock().unwrap_or_else(PoisonError::into_inner) = Some(watcher);
         let registry = Registry { state, inner };
+        if cfg.bootstrap == Bootstrap::Cluster {
+            tracing::info!(
+                node_id = cfg.node_id,
+                "registry open; the cluster forms or joins next"
+            );
+            return Ok(registry);
+        }
         if let Err(e) = registry.start(&cfg).await {
             registry.shutdown().await;
             return Err(e);
@@ -610,7 +638,7 @@ async fn watch_raft(inner: Weak<Inner>) {
             }
         }
         let Some(inner) = inner.upgrade() else { return };
-        let (leader, state, term, last_log, applied) = {
+        let (leader, state, term, last_log, applied, replication) = {
             let m = rx.borrow_and_update();
             (
                 m.current_leader,
@@ -618,6 +646,7 @@ async fn watch_raft(inner: Weak<Inner>) {
                 m.current_term,
                 m.last_log_index,
                 m.last_applied.map(|l| l.index),
+                m.replication.clone(),
             )
         };
         let leading = state == ServerState::Leader && leader == Some(node_id);
@@ -628,6 +657,24 @@ async fn watch_raft(inner: Weak<Inner>) {
             .last_log_index
             .set(gauge_value(last_log.unwrap_or(0)));
         metrics.applied_index.set(gauge_value(applied.unwrap_or(0)));
+        match &replication {
+            Some(followers) => {
+                let last = last_log.unwrap_or(0);
+                for (id, matched) in followers {
+                    let lag = last.saturating_sub(matched.map(|l| l.index).unwrap_or(0));
+                    metrics
+                        .replication_lag
+                        .get_or_create(&metrics::PeerLabels {
+                            peer: id.to_string(),
+                        })
+                        .set(gauge_value(lag));
+                }
+            }
+            None => metrics.replication_lag.clear(),
+        }
+        if seen.map(|s| s.0) != Some(leader) {
+            metrics.leader_changes.inc();
+        }
         if seen != Some((leader, state, term)) {
             tracing::info!(node_id, ?leader, ?state, term, "raft role changed");
             seen = Some((leader, state, term));

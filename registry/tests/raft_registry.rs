@@ -7,7 +7,8 @@ use std::time::Duration;
 use prometheus_client::encoding::text::encode;
 use registry::command::{Command, Register, Response};
 use registry::model::{Check, Node, Service, Status};
-use registry::{Consistency, OpenError, Registry, RegistryConfig, State, WriteError};
+use registry::raft::NoNetwork;
+use registry::{Bootstrap, Consistency, OpenError, Registry, RegistryConfig, State, WriteError};
 use tempfile::TempDir;
 
 const ADDR: &str = "127.0.0.1:8301";
@@ -19,12 +20,13 @@ fn config(dir: &Path, snapshot_threshold: u64) -> RegistryConfig {
         advertise: ADDR.into(),
         snapshot_threshold,
         cache_capacity: 16 << 20,
+        bootstrap: Bootstrap::Single,
     }
 }
 
 async fn open(cfg: RegistryConfig) -> (Registry, prometheus_client::registry::Registry) {
     let mut metrics = prometheus_client::registry::Registry::default();
-    let reg = Registry::open(cfg, &mut metrics)
+    let reg = Registry::open(cfg, &mut metrics, NoNetwork)
         .await
         .expect("open registry");
     (reg, metrics)
@@ -32,7 +34,7 @@ async fn open(cfg: RegistryConfig) -> (Registry, prometheus_client::registry::Re
 
 async fn open_err(cfg: RegistryConfig) -> OpenError {
     let mut metrics = prometheus_client::registry::Registry::default();
-    match Registry::open(cfg, &mut metrics).await {
+    match Registry::open(cfg, &mut metrics, NoNetwork).await {
         Ok(reg) => {
             reg.shutdown().await;
             panic!("open should have failed");

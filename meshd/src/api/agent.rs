@@ -14,6 +14,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
+use registry::model::{MemberRole, MemberStatus};
 use registry::{Check, Command, Consistency, Node, Register, Service};
 use serde_json::{json, Value};
 
@@ -325,13 +326,36 @@ pub async fn members(State(ctx): Ctx, RawQuery(q): RawQuery) -> Result<Response,
     let (index, mut members) = {
         let state = ctx.registry.read();
         let members: Vec<Member> = state
-            .nodes()
-            .filter(|n| n.node != ctx.agent.node)
-            .map(|n| Member::new(&n.node, &n.address, "node", &n.datacenter, &n.id))
+            .members()
+            .map(|m| {
+                let (ip, port) = match m.addr.parse::<std::net::SocketAddr>() {
+                    Ok(a) => (a.ip().to_string(), a.port()),
+                    Err(_) => (m.addr.clone(), super::types::MEMBER_PORT),
+                };
+                let role = match m.role {
+                    MemberRole::Server => "consul",
+                    MemberRole::Agent => "node",
+                };
+                let id = state
+                    .node(&m.name)
+                    .map(|n| n.id.clone())
+                    .unwrap_or_default();
+                let mut member = Member::new(&m.name, &ip, role, &m.datacenter, &id);
+                member.port = port;
+                // Serf's codes: 1 alive, 3 left, 4 failed.
+                member.status = match m.status {
+                    MemberStatus::Alive => 1,
+                    MemberStatus::Left => 3,
+                    MemberStatus::Failed => 4,
+                };
+                member
+            })
             .collect();
-        (state.indexes().nodes, members)
+        (state.members_index(), members)
     };
-    members.push(me);
+    if !members.iter().any(|m| m.name == me.name) {
+        members.push(me);
+    }
     members.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(read_json(index, &members))
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::Router;
-use registry::{Check, Command, Node, Register, RegistryConfig, Status};
+use registry::{Check, Command, Node, Register, Status};
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
 
@@ -22,6 +22,7 @@ use crate::local::AgentInfo;
 pub(super) struct Harness {
     pub ctx: Arc<ApiContext>,
     pub app: Router,
+    _cluster: crate::cluster::Cluster,
     _dir: tempfile::TempDir,
 }
 
@@ -58,18 +59,25 @@ impl Harness {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut metrics = prometheus_client::registry::Registry::default();
-        let registry = registry::Registry::open(
-            RegistryConfig {
-                data_dir: dir.path().join("raft"),
-                node_id: 1,
-                advertise: "127.0.0.1:8301".into(),
-                snapshot_threshold: 10_000,
-                cache_capacity: 8 << 20,
-            },
+        let args = crate::cli::AgentArgs {
+            dev: true,
+            node: Some(NODE.into()),
+            data_dir: Some(dir.path().to_path_buf()),
+            bind: Some("127.0.0.1:0".parse().expect("addr")),
+            ..Default::default()
+        };
+        let cfg = crate::config::build(&args).expect("dev config");
+        let cluster = crate::cluster::Cluster::start(
+            &cfg,
+            dir.path(),
+            1,
             &mut metrics,
+            tokio_util::sync::CancellationToken::new(),
         )
         .await
-        .expect("registry opens");
+        .expect("dev server starts")
+        .expect("not cancelled");
+        let registry = cluster.store.clone();
         let agent = AgentInfo {
             node: NODE.into(),
             node_id: "0b1e8e43-6f2c-4c40-9e0a-5d7f0e1c2a3b".into(),
@@ -120,6 +128,7 @@ impl Harness {
         Harness {
             ctx,
             app,
+            _cluster: cluster,
             _dir: dir,
         }
     }

@@ -31,8 +31,11 @@ const MAX_BIDI_STREAMS: u32 = 1024;
 const STREAM_WINDOW: u32 = 4 << 20;
 /// Per-connection receive (and send) window.
 const CONNECTION_WINDOW: u32 = 16 << 20;
-const KEEP_ALIVE: Duration = Duration::from_secs(2);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keepalives keep an idle connection open and let a dead peer be noticed within
+/// [`IDLE_TIMEOUT`]: a request on a cached connection to a host that died (a killed leader)
+/// fails after that long rather than hanging.
+const KEEP_ALIVE: Duration = Duration::from_millis(750);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// Largest UDP payload MTU discovery probes for (a 9000-byte jumbo frame less IPv6 and UDP
 /// headers); it never exceeds what the endpoints allow, and stays far below the 64 KiB GSO
 /// batch limit.
@@ -155,7 +158,7 @@ pub fn transport_config() -> Arc<TransportConfig> {
         .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
         .send_window(u64::from(CONNECTION_WINDOW))
         .keep_alive_interval(Some(KEEP_ALIVE));
-    // 10 s is far below the 2^62 ms limit, so the conversion cannot fail.
+    // 4 s is far below the 2^62 ms limit, so the conversion cannot fail.
     if let Ok(idle) = IdleTimeout::try_from(IDLE_TIMEOUT) {
         t.max_idle_timeout(Some(idle));
     }

@@ -22,6 +22,12 @@ pub(crate) struct WriteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PeerLabels {
+    /// Raft node ID of the follower.
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct SnapshotLabels {
     /// `built` or `installed`.
     pub op: &'static str,
@@ -51,6 +57,8 @@ pub(crate) struct RaftMetrics {
     pub purged: Counter,
     pub flush_duration: Histogram,
     pub flush_batch: Histogram,
+    pub leader_changes: Counter,
+    pub replication_lag: Family<PeerLabels, Gauge>,
 }
 
 impl Default for RaftMetrics {
@@ -68,6 +76,8 @@ impl Default for RaftMetrics {
             flush_duration: write_histogram(),
             // 1 .. 4096 entries
             flush_batch: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            leader_changes: Counter::default(),
+            replication_lag: Family::default(),
         }
     }
 }
@@ -130,6 +140,16 @@ impl RaftMetrics {
             "meshd_raft_log_flush_batch",
             "Log appends made durable by one group commit",
             m.flush_batch.clone(),
+        );
+        registry.register(
+            "meshd_raft_leader_changes",
+            "Times this server saw the Raft leader change (including to no leader)",
+            m.leader_changes.clone(),
+        );
+        registry.register(
+            "meshd_raft_replication_lag_entries",
+            "On the leader: log entries each follower is behind the leader's last log index",
+            m.replication_lag.clone(),
         );
         m
     }

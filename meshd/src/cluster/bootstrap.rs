@@ -1,0 +1,153 @@
+//! How a server comes into the cluster: with `bootstrap_expect = N` it announces itself to the
+//! `retry_join` addresses until N servers know each other, and the one with the smallest Raft
+//! ID forms the cluster of those N; a server that finds a formed cluster asks to join it (as a
+//! learner, promoted to voter once caught up). Both retry until they succeed or meshd stops.
+//! Once the cluster has a leader, a server holding the CA key imports the root into the
+//! registry, so any leader can sign.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use registry::model::CaRoot;
+use registry::Command;
+use tokio_util::sync::CancellationToken;
+
+use super::proto::{Reply, Request, ServerInfo};
+use super::server::ServerCtx;
+
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Forms or joins the cluster; returns once this server belongs to one (or on cancel).
+pub async fn form_or_join(
+    ctx: Arc<ServerCtx>,
+    expect: u32,
+    join: Vec<SocketAddr>,
+    cancel: CancellationToken,
+) {
+    let me = ctx.me.clone();
+    ctx.known
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(me.clone());
+    let mut attempt = 0u64;
+    loop {
+        if ctx.registry.is_initialized().await {
+            tracing::info!("this server belongs to a formed cluster");
+            return;
+        }
+        attempt += 1;
+        let mut formed_at = None;
+        for addr in &join {
+            if addr.to_string() == me.addr {
+                continue;
+            }
+            match ctx
+                .client
+                .request_to(*addr, &Request::Hello(me.clone()), Duration::from_secs(3))
+                .await
+            {
+                Ok(Reply::Hello {
+                    me: them,
+                    initialized,
+                    known,
+                }) => {
+                    let mut k = ctx.known.lock().unwrap_or_else(PoisonError::into_inner);
+                    k.insert(them);
+                    k.extend(known);
+                    if initialized {
+                        formed_at = Some(*addr);
+                    }
+                }
+                Ok(other) => {
+                    tracing::warn!(%addr, reply = ?other, "unexpected answer to hello")
+                }
+                Err(e) => {
+                    let level_warn = e.is_certificate_error() || attempt % 10 == 1;
+                    if level_warn {
+                        tracing::warn!(%addr, error = %e, "cannot reach a server to join; retrying");
+                    } else {
+                        tracing::debug!(%addr, error = %e, "cannot reach a server to join; retrying");
+                    }
+                }
+            }
+        }
+        if let Some(addr) = formed_at {
+            tracing::info!(%addr, "a cluster is formed; asking to join it");
+            match ctx
+                .client
+                .request_to(
+                    addr,
+                    &Request::JoinServer(me.clone()),
+                    Duration::from_secs(130),
+                )
+                .await
+            {
+                Ok(Reply::Ok { .. }) => {
+                    tracing::info!("joined the cluster as a voter");
+                }
+                Ok(Reply::Error { message, .. }) => {
+                    tracing::warn!(%addr, reason = %message, "join refused; retrying")
+                }
+                Ok(other) => tracing::warn!(%addr, reply = ?other, "unexpected answer to join"),
+                Err(e) => tracing::warn!(%addr, error = %e, "join failed; retrying"),
+            }
+        } else if expect > 0 {
+            let known: Vec<ServerInfo> = ctx
+                .known
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .cloned()
+                .collect();
+            let mut by_id = known.clone();
+            by_id.sort_by_key(|s| s.id);
+            by_id.dedup_by_key(|s| s.id);
+            if by_id.len() >= expect as usize {
+                let chosen: Vec<ServerInfo> = by_id.into_iter().take(expect as usize).collect();
+                if chosen.first().map(|s| s.id) == Some(me.id) {
+                    let servers: BTreeMap<u64, String> =
+                        chosen.iter().map(|s| (s.id, s.addr.clone())).collect();
+                    tracing::info!(servers = ?chosen, "bootstrap_expect reached; forming the cluster");
+                    if let Err(e) = ctx.registry.initialize(servers).await {
+                        tracing::warn!(error = %e, "forming the cluster failed; retrying");
+                    }
+                } else {
+                    tracing::debug!(servers = ?chosen, "bootstrap_expect reached; waiting for the server with the smallest ID to form the cluster");
+                }
+            } else if attempt % 10 == 1 {
+                tracing::info!(
+                    known = known.len(),
+                    expect,
+                    "waiting for more servers before bootstrapping"
+                );
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+/// Imports `root` (with its key) into the registry once there is a leader, unless a root is
+/// there already. Retries until it is done or meshd stops.
+pub async fn import_ca(ctx: Arc<ServerCtx>, root: CaRoot, cancel: CancellationToken) {
+    loop {
+        if ctx.registry.read().active_ca_root().is_some() {
+            return;
+        }
+        match ctx.write(Command::CaInit(root.clone()), true).await {
+            Reply::Written { index, .. } => {
+                tracing::info!(index, trust_domain = %root.trust_domain, "CA root imported into the registry");
+                return;
+            }
+            other => tracing::debug!(reply = ?other, "CA import not done yet; retrying"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Length-prefixed JSON frames on QUIC streams: a big-endian `u32` length, then that many
+//! bytes of serde_json. Every message between hosts (Raft RPC, agent RPC, watch stream,
+//! enrollment) is one frame; a frame over [`MAX_FRAME`] or that does not decode is an error that
+//! names the cause, and the stream is dropped.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Largest frame accepted: a snapshot install or a restore carries the whole registry.
+pub const MAX_FRAME: usize = 256 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("stream ended inside a frame")]
+    Truncated,
+    #[error("undecodable frame: {0}")]
+    Decode(#[from] serde_json::Error),
+    #[error("stream write: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("stream read: {0}")]
+    Read(#[from] quinn::ReadError),
+    #[error("stream closed: {0}")]
+    Closed(#[from] quinn::ClosedStream),
+}
+
+/// Writes one frame.
+pub async fn write_frame<T: Serialize>(
+    send: &mut quinn::SendStream,
+    msg: &T,
+) -> Result<(), FrameError> {
+    let body = serde_json::to_vec(msg)?;
+    if body.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(body.len()));
+    }
+    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge(body.len()))?;
+    send.write_all(&len.to_be_bytes()).await?;
+    send.write_all(&body).await?;
+    Ok(())
+}
+
+/// Reads one frame; `None` when the stream ended cleanly before a new frame began.
+pub async fn read_frame<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<T>, FrameError> {
+    let mut len = [0u8; 4];
+    match read_exact_or_eof(recv, &mut len).await? {
+        0 => return Ok(None),
+        4 => {}
+        _ => return Err(FrameError::Truncated),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    if read_exact_or_eof(recv, &mut body).await? != len {
+        return Err(FrameError::Truncated);
+    }
+    Ok(Some(serde_json::from_slice(&body)?))
+}
+
+/// Fills `buf` unless the stream ends first; returns how many bytes were read.
+async fn read_exact_or_eof(
+    recv: &mut quinn::RecvStream,
+    buf: &mut [u8],
+) -> Result<usize, FrameError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match recv.read(&mut buf[filled..]).await? {
+            Some(n) => filled += n,
+            None => break,
+        }
+    }
+    Ok(filled)
+}
