@@ -195,9 +195,13 @@ fn raft_config(cfg: &RegistryConfig) -> Result<openraft::Config, OpenError> {
     }
     openraft::Config {
         cluster_name: "meshd".into(),
-        heartbeat_interval: 150,
-        election_timeout_min: 750,
-        election_timeout_max: 1500,
+        // Generous for a loaded 2-core host: a missed heartbeat must not start an election.
+        heartbeat_interval: 200,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        // Per snapshot chunk; the default 200 ms is too short for a chunk of a few MiB on a
+        // busy host.
+        install_snapshot_timeout: 10_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_threshold),
         // Followers a little behind catch up from the log rather than a whole snapshot.
         max_in_snapshot_log_to_keep: cfg.snapshot_threshold.min(1000),

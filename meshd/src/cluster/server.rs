@@ -26,6 +26,8 @@ const WATCH_BATCH: usize = 1024;
 /// A watch stream with nothing new sends an empty frame this often (the agent's liveness check
 /// of its server).
 const WATCH_KEEPALIVE: Duration = Duration::from_secs(2);
+/// How long a write may wait for its commit on this server.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Validity of a node certificate issued at enrollment.
 const NODE_CERT_DAYS: u32 = 365;
 
@@ -184,7 +186,21 @@ impl ServerCtx {
     /// Writes locally on the leader; a follower forwards once to the leader (`may_forward` is
     /// false for requests that were already forwarded by a server).
     pub async fn write(&self, cmd: Command, may_forward: bool) -> Reply {
-        match self.registry.write(cmd.clone()).await {
+        // A leader cut off from its quorum never commits: answer with an error rather than hang.
+        let local =
+            match tokio::time::timeout(COMMIT_TIMEOUT, self.registry.write(cmd.clone())).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return error(
+                        ErrorKind::Unknown,
+                        format!(
+                            "not committed within {COMMIT_TIMEOUT:?} (no quorum reachable?); the \
+                         write's outcome is unknown"
+                        ),
+                    )
+                }
+            };
+        match local {
             Ok(a) => Reply::Written {
                 index: a.index,
                 response: a.response,
