@@ -402,9 +402,20 @@ impl Node {
         self.stdout.lock().expect("stdout state").serving.clone()
     }
 
-    /// The whole log so far (stderr, stdout lines prefixed `[stdout]`, harness notes `====`).
+    /// The whole log so far (stderr, stdout lines prefixed `[stdout]`, harness notes `====`),
+    /// without ANSI color codes.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        strip_ansi(&std::fs::read_to_string(&self.log_path).unwrap_or_default())
+    }
+
+    /// The log's warnings and errors: lines at WARN or ERROR level, and meshd's last words
+    /// (`meshd: ...` on stderr when it exits on an error).
+    pub fn problems(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.starts_with("meshd:"))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Where the log is.
@@ -604,7 +615,27 @@ impl Drop for Node {
     }
 }
 
-/// The last `bytes` of a log file.
+/// `text` without ANSI escape sequences (`ESC [ ... final`), which a log written with colors
+/// has.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for f in chars.by_ref() {
+                if ('@'..='~').contains(&f) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The last `bytes` of a log file, without ANSI color codes.
 pub fn log_tail(path: &Path, bytes: u64) -> String {
     let Ok(mut f) = File::open(path) else {
         return String::from("(no log)");
@@ -616,7 +647,7 @@ pub fn log_tail(path: &Path, bytes: u64) -> String {
     }
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).into_owned();
+    let text = strip_ansi(&String::from_utf8_lossy(&buf));
     if start > 0 {
         format!("[... {start} bytes elided ...]\n{text}")
     } else {
@@ -1273,6 +1304,14 @@ mod tests {
         assert_eq!(s.role, "server");
         assert_eq!(s.node, "s1");
         assert!(ClusterServing::parse("nope").is_none());
+    }
+
+    #[test]
+    fn strips_colors() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m x"),
+            "2026  WARN x"
+        );
     }
 
     #[test]

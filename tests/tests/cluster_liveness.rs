@@ -97,7 +97,7 @@ async fn a_cut_agent_is_marked_failed_and_its_instances_leave_health_until_heal(
     );
     eprintln!("{b} marked failed {took:?} after the cut (liveness_timeout {LIVENESS:?})");
     assert!(
-        took >= LIVENESS - Duration::from_millis(500),
+        took >= LIVENESS - Duration::from_millis(1500),
         "{b} was marked failed after {took:?}, before the liveness timeout"
     );
     let only_a = poll_until(Duration::from_secs(5), || {
