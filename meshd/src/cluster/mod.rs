@@ -293,9 +293,7 @@ impl Cluster {
             datacenter: &cfg.datacenter,
             data_dir,
         };
-        let Some(material) = enroll::node_identity(enrollment, &transport, &cancel)
-        .await?
-        else {
+        let Some(material) = enroll::node_identity(enrollment, &transport, &cancel).await? else {
             return Ok(None);
         };
         transport

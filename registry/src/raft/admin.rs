@@ -121,6 +121,16 @@ impl Registry {
         raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
             .map_err(|e| self.write_error(e))?;
+        // A server that came back with a new ID (its data dir was lost) at the address of an
+        // old one: the old ID would count as a dead voter forever; drop it, as Consul does.
+        for stale in self
+            .peers()
+            .into_iter()
+            .filter(|p| p.addr == addr && p.id != id)
+        {
+            tracing::info!(old_id = stale.id, new_id = id, %addr, "removing the stale server with the same address");
+            self.remove_server(stale.id).await?;
+        }
         Ok(())
     }
 
