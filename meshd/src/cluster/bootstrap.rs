@@ -63,9 +63,11 @@ pub async fn form_or_join(
                 Ok(other) => {
                     tracing::warn!(%addr, reply = ?other, "unexpected answer to hello")
                 }
+                Err(e) if e.is_certificate_error() => {
+                    tracing::warn!(%addr, error = %e, "TLS handshake refused: the server does not accept this server's certificate, or its certificate is not from our CA; retrying");
+                }
                 Err(e) => {
-                    let level_warn = e.is_certificate_error() || attempt % 10 == 1;
-                    if level_warn {
+                    if attempt % 10 == 1 {
                         tracing::warn!(%addr, error = %e, "cannot reach a server to join; retrying");
                     } else {
                         tracing::debug!(%addr, error = %e, "cannot reach a server to join; retrying");

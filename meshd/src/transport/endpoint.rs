@@ -57,13 +57,11 @@ impl TransportError {
     /// Whether retrying cannot help: the peer's certificate is not from our CA, or ours is
     /// refused.
     pub fn is_certificate_error(&self) -> bool {
-        match self {
-            TransportError::Connect { reason, .. } => {
-                let r = reason.to_ascii_lowercase();
-                r.contains("certificate") || r.contains("unknownissuer") || r.contains("unknown ca")
-            }
-            _ => false,
-        }
+        let r = self.to_string().to_ascii_lowercase();
+        r.contains("certificate")
+            || r.contains("unknownissuer")
+            || r.contains("unknown ca")
+            || r.contains("handshake failed")
     }
 }
 
@@ -276,7 +274,10 @@ impl Transport {
                 Ok(Some(r)) => Ok(r),
                 Ok(None) => Err(TransportError::NoAnswer { addr }),
                 Err(e) => {
-                    if matches!(e, FrameError::Read(_) | FrameError::Truncated) {
+                    if matches!(
+                        e,
+                        FrameError::Read(_) | FrameError::Write(_) | FrameError::Truncated
+                    ) {
                         self.forget(addr, alpn);
                     }
                     Err(frame(e))

@@ -17,12 +17,32 @@ pub enum FrameError {
     Truncated,
     #[error("undecodable frame: {0}")]
     Decode(#[from] serde_json::Error),
+    /// The message says why the connection was lost (a peer refusing our certificate closes
+    /// it with a TLS alert right after the handshake).
     #[error("stream write: {0}")]
-    Write(#[from] quinn::WriteError),
+    Write(String),
     #[error("stream read: {0}")]
-    Read(#[from] quinn::ReadError),
+    Read(String),
     #[error("stream closed: {0}")]
     Closed(#[from] quinn::ClosedStream),
+}
+
+impl From<quinn::WriteError> for FrameError {
+    fn from(e: quinn::WriteError) -> Self {
+        FrameError::Write(match e {
+            quinn::WriteError::ConnectionLost(c) => format!("connection lost: {c}"),
+            other => other.to_string(),
+        })
+    }
+}
+
+impl From<quinn::ReadError> for FrameError {
+    fn from(e: quinn::ReadError) -> Self {
+        FrameError::Read(match e {
+            quinn::ReadError::ConnectionLost(c) => format!("connection lost: {c}"),
+            other => other.to_string(),
+        })
+    }
 }
 
 /// Writes one frame.
