@@ -15,8 +15,12 @@
 //! - [`raw`]: hand-written HTTP/1.1 over tokio `TcpStream`, cheap enough for 10,000 connections.
 //! - [`sys`]: file-descriptor limits and counts, Prometheus text parsing.
 //! - [`dump`]: a full catalog dump, to prove that rejected input changed nothing.
+//! - [`netns`]: [`netns::Net`], hosts in network namespaces on a bridge (a mesh link that a
+//!   test cuts or partitions, a control link the test talks HTTP over), removed on drop.
+//! - [`cluster`]: [`cluster::Cluster`], servers and agents with their TLS files and configs,
+//!   one per namespace: start, SIGKILL, restart, cut, leave, and helpers for their APIs.
 //!
-//! The integration tests are in `tests/tests/*.rs`, the Consul-client test in `tests/python/`,
+//! The integration tests are in `tests/tests/*.rs` (`cluster_*.rs`: multi-host, run as root), the Consul-client test in `tests/python/`,
 //! and the registration benchmark in `tests/bench/` (tool: `src/bin/regbench.rs`).
 #![deny(unsafe_code)]
 
