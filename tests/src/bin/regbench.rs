@@ -1,7 +1,9 @@
 //! regbench: registration writes per second and latency against meshd or etcd.
 //!
 //! Each of `--clients` tasks issues one write at a time over a keep-alive HTTP/1.1 connection
-//! until `--duration` seconds pass or `--max-requests` writes were sent in total:
+//! until `--duration` seconds pass or `--max-requests` writes were sent in total. With several
+//! `--url`s (a cluster), client `i` writes to URL `i mod n`, so the clients spread evenly over
+//! the servers:
 //!
 //! - meshd: `PUT /v1/catalog/register`, a distinct service per request on one node;
 //! - etcd: `POST /v3/kv/put` through etcd's JSON gateway, key
@@ -10,7 +12,8 @@
 //!
 //! Prints one JSON line: `{target, clients, requests, errors, duration_s, writes_per_s, p50_ms,
 //! p99_ms}` (`requests` counts successful writes; latencies are of successful writes).
-//! Used by `tests/bench/registration.sh`.
+//! Used by `tests/bench/registration.sh` (one server) and, through `clusterbench`, by
+//! `tests/bench/cluster.sh` (3-server clusters).
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +24,10 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use clap::{Parser, ValueEnum};
 use serde_json::json;
+
+#[path = "common/stats.rs"]
+mod stats;
+use stats::{percentile_ms, round3};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Target {
@@ -45,9 +52,10 @@ struct Args {
     #[arg(long, value_enum)]
     target: Target,
     /// Base URL: meshd's HTTP API (http://127.0.0.1:8500) or etcd's client URL
-    /// (http://127.0.0.1:2379).
-    #[arg(long)]
-    url: String,
+    /// (http://127.0.0.1:2379). Repeat it (or separate with commas) to spread the clients
+    /// round-robin over several servers of one cluster.
+    #[arg(long = "url", required = true, value_delimiter = ',')]
+    urls: Vec<String>,
     /// Concurrent clients, each with one request in flight.
     #[arg(long, default_value_t = 1)]
     clients: usize,
@@ -88,15 +96,16 @@ fn registration(node: &str, service_id: &str, n: u64) -> serde_json::Value {
     })
 }
 
-/// Builds request number `n` for the target.
+/// Builds request number `n` for the target at `base`.
 fn request(
     client: &reqwest::Client,
     args: &Args,
+    base: &str,
     n: u64,
 ) -> anyhow::Result<reqwest::RequestBuilder> {
     let service_id = format!("{}-{n}", args.prefix);
     let reg = registration(&args.node, &service_id, n);
-    let base = args.url.trim_end_matches('/');
+    let base = base.trim_end_matches('/');
     Ok(match args.target {
         Target::Meshd => client
             .put(format!("{base}/v1/catalog/register"))
@@ -117,6 +126,7 @@ fn request(
 async fn run_client(
     client: reqwest::Client,
     args: Arc<Args>,
+    base: String,
     next: Arc<AtomicU64>,
     deadline: Instant,
 ) -> ClientStats {
@@ -129,7 +139,7 @@ async fn run_client(
         if args.max_requests > 0 && n >= args.max_requests {
             break;
         }
-        let req = match request(&client, &args, n) {
+        let req = match request(&client, &args, &base, n) {
             Ok(r) => r,
             Err(e) => {
                 stats.errors += 1;
@@ -173,22 +183,12 @@ async fn run_client(
     stats
 }
 
-/// The `p`-th percentile (0..=100) of sorted latencies, in milliseconds.
-fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    let i = rank.clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
 async fn run(args: Args) -> anyhow::Result<String> {
     anyhow::ensure!(args.clients >= 1, "--clients must be at least 1");
+    anyhow::ensure!(
+        args.urls.iter().all(|u| !u.trim().is_empty()),
+        "--url must not be empty"
+    );
     anyhow::ensure!(
         args.duration.is_finite() && args.duration > 0.0,
         "--duration must be a positive number of seconds"
@@ -207,10 +207,12 @@ async fn run(args: Args) -> anyhow::Result<String> {
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.duration);
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..args.clients {
+    for i in 0..args.clients {
+        let base = args.urls[i % args.urls.len()].clone();
         tasks.spawn(run_client(
             client.clone(),
             args.clone(),
+            base,
             next.clone(),
             deadline,
         ));
@@ -276,14 +278,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percentiles() {
-        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
-        assert_eq!(percentile_ms(&v, 50.0), 50.0);
-        assert_eq!(percentile_ms(&v, 99.0), 99.0);
-        assert_eq!(percentile_ms(&[], 99.0), 0.0);
-    }
-
-    #[test]
     fn args_parse() {
         let a = Args::try_parse_from([
             "regbench",
@@ -302,5 +296,22 @@ mod tests {
         assert_eq!(a.target, Target::Etcd);
         assert_eq!(a.clients, 16);
         assert_eq!(a.max_requests, 100);
+        assert_eq!(a.urls, ["http://127.0.0.1:2379"]);
+    }
+
+    #[test]
+    fn several_urls() {
+        let a = Args::try_parse_from([
+            "regbench",
+            "--target",
+            "meshd",
+            "--url",
+            "http://10.0.0.11:8500,http://10.0.0.12:8500",
+            "--url",
+            "http://10.0.0.13:8500",
+        ])
+        .expect("valid args");
+        assert_eq!(a.urls.len(), 3);
+        assert_eq!(a.urls[2], "http://10.0.0.13:8500");
     }
 }
