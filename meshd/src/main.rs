@@ -15,6 +15,7 @@ mod definitions;
 mod duration;
 mod local;
 mod logging;
+mod read_index;
 mod store;
 mod transport;
 

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use crate::cluster::client::{ClientError, ClusterClient, REQUEST_TIMEOUT};
 use crate::cluster::proto::{ErrorKind, PeerInfo, Reply, Request};
 use crate::cluster::server::ServerCtx;
+use crate::read_index::{Check, ReadIndex};
 
 /// How long a write waits for a leader to appear before failing.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
@@ -39,7 +40,7 @@ enum Backend {
 
 /// Cheap to clone.
 #[derive(Clone)]
-pub struct Store(Arc<Backend>);
+pub struct Store(Arc<Backend>, ReadIndex);
 
 fn retryable(kind: ErrorKind) -> bool {
     matches!(kind, ErrorKind::NoLeader)
@@ -47,11 +48,31 @@ fn retryable(kind: ErrorKind) -> bool {
 
 impl Store {
     pub fn server(ctx: Arc<ServerCtx>) -> Store {
-        Store(Arc::new(Backend::Server(ctx)))
+        let c = ctx.clone();
+        let check: Check = Arc::new(move || {
+            let c = c.clone();
+            Box::pin(async move { c.read_index().await.map_err(|e| e.to_string()) })
+        });
+        Store(Arc::new(Backend::Server(ctx)), ReadIndex::new(check))
     }
 
     pub fn agent(view: View, client: Arc<ClusterClient>) -> Store {
-        Store(Arc::new(Backend::Agent { view, client }))
+        let c = client.clone();
+        let check: Check = Arc::new(move || {
+            let c = c.clone();
+            Box::pin(async move {
+                match c.request(&Request::ReadIndex, REQUEST_TIMEOUT).await {
+                    Ok(Reply::ReadIndex(i)) => Ok(i),
+                    Ok(Reply::Error { message, .. }) => Err(message),
+                    Ok(other) => Err(format!("unexpected answer: {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+        });
+        Store(
+            Arc::new(Backend::Agent { view, client }),
+            ReadIndex::new(check),
+        )
     }
 
     /// Writes a command; returns once it is committed (and, on an agent, visible locally).
@@ -114,34 +135,18 @@ impl Store {
         if consistency == Consistency::Stale {
             return Ok(());
         }
-        match &*self.0 {
-            Backend::Server(ctx) => {
-                let index = ctx.read_index().await?;
-                if ctx.registry.wait_applied(index, CATCH_UP).await {
-                    Ok(())
-                } else {
-                    Err(ReadError::Raft(format!(
-                        "this server did not apply index {index} within {CATCH_UP:?}"
-                    )))
-                }
-            }
-            Backend::Agent { view, client } => {
-                let index = match client.request(&Request::ReadIndex, REQUEST_TIMEOUT).await {
-                    Ok(Reply::ReadIndex(i)) => i,
-                    Ok(Reply::Error { message, .. }) => return Err(ReadError::Raft(message)),
-                    Ok(other) => {
-                        return Err(ReadError::Raft(format!("unexpected answer: {other:?}")))
-                    }
-                    Err(e) => return Err(ReadError::Raft(e.to_string())),
-                };
-                if view.wait_for(index, CATCH_UP).await {
-                    Ok(())
-                } else {
-                    Err(ReadError::Raft(format!(
-                        "the local view did not reach index {index} within {CATCH_UP:?}"
-                    )))
-                }
-            }
+        // Concurrent consistent reads share one leadership check.
+        let index = self.1.get().await?;
+        let caught_up = match &*self.0 {
+            Backend::Server(ctx) => ctx.registry.wait_applied(index, CATCH_UP).await,
+            Backend::Agent { view, .. } => view.wait_for(index, CATCH_UP).await,
+        };
+        if caught_up {
+            Ok(())
+        } else {
+            Err(ReadError::Raft(format!(
+                "the local state did not reach the read index {index} within {CATCH_UP:?}"
+            )))
         }
     }
 

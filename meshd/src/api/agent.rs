@@ -265,7 +265,26 @@ fn self_member(ctx: &ApiContext) -> Member {
         "build".to_string(),
         format!("{CONSUL_API_COMPAT_VERSION}:meshd-{MESHD_VERSION}"),
     );
+    if let Some(row) = ctx.registry.read().member(&a.node) {
+        let (_, port, status) = member_fields(row);
+        m.port = port;
+        m.status = status;
+    }
     m
+}
+
+/// A member row's address, QUIC port and Serf status code (1 alive, 3 left, 4 failed).
+fn member_fields(m: &registry::Member) -> (String, u16, u8) {
+    let (ip, port) = match m.addr.parse::<std::net::SocketAddr>() {
+        Ok(a) => (a.ip().to_string(), a.port()),
+        Err(_) => (m.addr.clone(), super::types::MEMBER_PORT),
+    };
+    let status = match m.status {
+        MemberStatus::Alive => 1,
+        MemberStatus::Left => 3,
+        MemberStatus::Failed => 4,
+    };
+    (ip, port, status)
 }
 
 /// `GET /v1/agent/self`
@@ -327,11 +346,9 @@ pub async fn members(State(ctx): Ctx, RawQuery(q): RawQuery) -> Result<Response,
         let state = ctx.registry.read();
         let members: Vec<Member> = state
             .members()
+            .filter(|m| m.name != me.name)
             .map(|m| {
-                let (ip, port) = match m.addr.parse::<std::net::SocketAddr>() {
-                    Ok(a) => (a.ip().to_string(), a.port()),
-                    Err(_) => (m.addr.clone(), super::types::MEMBER_PORT),
-                };
+                let (ip, port, status) = member_fields(m);
                 let role = match m.role {
                     MemberRole::Server => "consul",
                     MemberRole::Agent => "node",
@@ -342,20 +359,13 @@ pub async fn members(State(ctx): Ctx, RawQuery(q): RawQuery) -> Result<Response,
                     .unwrap_or_default();
                 let mut member = Member::new(&m.name, &ip, role, &m.datacenter, &id);
                 member.port = port;
-                // Serf's codes: 1 alive, 3 left, 4 failed.
-                member.status = match m.status {
-                    MemberStatus::Alive => 1,
-                    MemberStatus::Left => 3,
-                    MemberStatus::Failed => 4,
-                };
+                member.status = status;
                 member
             })
             .collect();
         (state.members_index(), members)
     };
-    if !members.iter().any(|m| m.name == me.name) {
-        members.push(me);
-    }
+    members.push(me);
     members.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(read_json(index, &members))
 }

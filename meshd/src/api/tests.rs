@@ -101,6 +101,7 @@ impl Harness {
                     check_id: "serfHealth".into(),
                     name: "Mesh Health Status".into(),
                     status: Status::Passing,
+                    output: registry::model::NODE_ALIVE_OUTPUT.into(),
                     ..Check::default()
                 }],
                 ..Register::default()
@@ -108,6 +109,16 @@ impl Harness {
             .await
             .expect("node registered");
         assert_eq!(applied.response, registry::Response::Done);
+        // The leader's liveness loop records this node as a member shortly after start; wait
+        // for it, so no test sees that write land in the middle of what it measures.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while registry.read().member(NODE).is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "this node never became a member"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let checks = CheckRunner::new(
             registry.clone(),
             NODE.into(),
