@@ -213,6 +213,29 @@ impl Store {
         }
     }
 
+    /// Leaves the cluster: the member `node` is marked left and its catalog entries removed; a
+    /// server also leaves the Raft configuration (unless it is the last voter), so the others'
+    /// quorum no longer counts it.
+    pub async fn leave(&self, node: &str) -> Result<(), (ErrorKind, String)> {
+        self.admin(Request::Leave {
+            node: node.to_string(),
+        })
+        .await?;
+        if let Backend::Server(ctx) = &*self.0 {
+            let req = Request::RemovePeer {
+                id: Some(ctx.registry.node_id()),
+                addr: None,
+            };
+            match self.admin(req).await {
+                Ok(()) => tracing::info!("left the Raft configuration"),
+                Err((_, msg)) => {
+                    tracing::warn!(reason = %msg, "still in the Raft configuration after leaving")
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The replicated registry, on a server.
     pub fn registry(&self) -> Option<&registry::Registry> {
         match &*self.0 {

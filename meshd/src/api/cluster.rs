@@ -25,13 +25,11 @@ fn admin_error((kind, message): (ErrorKind, String)) -> ApiError {
     }
 }
 
-/// `PUT /v1/agent/leave`: this member leaves the cluster (its catalog entries are removed),
-/// then the agent stops.
+/// `PUT /v1/agent/leave`: this member leaves the cluster (its catalog entries are removed; a
+/// server also leaves the Raft configuration), then the agent stops.
 pub async fn leave(State(ctx): Ctx) -> Result<Response, ApiError> {
     ctx.registry
-        .admin(Request::Leave {
-            node: ctx.agent.node.clone(),
-        })
+        .leave(&ctx.agent.node)
         .await
         .map_err(admin_error)?;
     tracing::info!(node = %ctx.agent.node, "left the cluster; stopping");

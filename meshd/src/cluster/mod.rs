@@ -36,7 +36,7 @@ use crate::transport::tls::TlsMaterial;
 use crate::transport::{Transport, TransportMetrics, SERVER_ALPNS};
 use client::ClusterClient;
 use liveness::{Liveness, LivenessMetrics};
-use proto::{Heartbeat, Request, ServerInfo};
+use proto::{Heartbeat, ServerInfo};
 use server::ServerCtx;
 
 /// How long shutdown waits for the cluster's tasks.
@@ -348,12 +348,10 @@ impl Cluster {
         }))
     }
 
-    /// Leaves the cluster: this member is marked left and its catalog entries removed.
+    /// Leaves the cluster (see [`Store::leave`]).
     pub async fn leave(&self) -> anyhow::Result<()> {
         self.store
-            .admin(Request::Leave {
-                node: self.node.clone(),
-            })
+            .leave(&self.node)
             .await
             .map_err(|(kind, msg)| anyhow::anyhow!("leave failed ({kind:?}): {msg}"))
     }

@@ -144,17 +144,20 @@ impl Registry {
             )));
         };
         let raft = &self.inner.raft;
-        if peer.voter {
+        // One membership change: a voter leaves without being kept as a learner (`retain`
+        // false). A second change after it would run on a leader that may just have removed
+        // itself, which openraft does not allow.
+        let change = if peer.voter {
             if peers.iter().filter(|p| p.voter).count() <= 1 {
                 return Err(AdminError::Refused(
                     "refusing to remove the last voter of the cluster".into(),
                 ));
             }
-            raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                .await
-                .map_err(|e| self.write_error(e))?;
-        }
-        raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        raft.change_membership(change, false)
             .await
             .map_err(|e| self.write_error(e))?;
         tracing::info!(id, addr = %peer.addr, "removed a server from the cluster");
