@@ -26,6 +26,18 @@ pub async fn form_or_join(
     join: Vec<SocketAddr>,
     cancel: CancellationToken,
 ) {
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = form_or_join_inner(ctx, expect, join, cancel.clone()) => {}
+    }
+}
+
+async fn form_or_join_inner(
+    ctx: Arc<ServerCtx>,
+    expect: u32,
+    join: Vec<SocketAddr>,
+    cancel: CancellationToken,
+) {
     let me = ctx.me.clone();
     ctx.known
         .lock()
@@ -136,6 +148,13 @@ pub async fn form_or_join(
 /// Imports `root` (with its key) into the registry once there is a leader, unless a root is
 /// there already. Retries until it is done or meshd stops.
 pub async fn import_ca(ctx: Arc<ServerCtx>, root: CaRoot, cancel: CancellationToken) {
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = import_ca_inner(ctx, root, cancel.clone()) => {}
+    }
+}
+
+async fn import_ca_inner(ctx: Arc<ServerCtx>, root: CaRoot, cancel: CancellationToken) {
     loop {
         if ctx.registry.read().active_ca_root().is_some() {
             return;

@@ -160,8 +160,14 @@ impl Liveness {
             } else {
                 Command::Batch(cmds)
             };
-            if let Err(e) = registry.write(cmd).await {
-                tracing::warn!(error = %e, changes = n, "writing member status changes failed");
+            // Bounded, and abandoned at shutdown: a leader cut from its quorum never commits.
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = tokio::time::timeout(Duration::from_secs(5), registry.write(cmd)) => match r {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, changes = n, "writing member status changes failed"),
+                    Err(_) => tracing::warn!(changes = n, "member status changes not committed within 5s"),
+                },
             }
         }
     }

@@ -37,7 +37,11 @@ pub async fn run(
             if cancel.is_cancelled() {
                 return;
             }
-            match follow(&view, &client, addr, &metrics, &cancel).await {
+            let followed = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = follow(&view, &client, addr, &metrics, &cancel) => r,
+            };
+            match followed {
                 Ok(()) => return,
                 Err(e) => {
                     failures += 1;
