@@ -112,14 +112,19 @@ pub async fn raft_remove_peer(
 pub async fn snapshot_save(State(ctx): Ctx, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
     let opts = QueryOptions::parse(&params)?;
+    if ctx.registry.registry().is_none() {
+        // An agent's view has no CA key, and servers do not hand it to agents: a snapshot
+        // taken here could not be restored into a working cluster.
+        return Err(ApiError::bad(
+            "snapshots are taken on a server (they include the CA key, which agents never \
+             hold): use a server's HTTP API (meshctl --http-addr SERVER:8500 snapshot save)",
+        ));
+    }
     ctx.registry.read_barrier(opts.consistency).await?;
     let (image, index) = {
         let state = ctx.registry.read();
         (state.image(), state.applied_index())
     };
-    if ctx.registry.registry().is_none() && !image.ca_roots.is_empty() {
-        tracing::debug!("snapshot from an agent's view: CA keys are not included");
-    }
     let bytes = archive::encode(&image, index);
     tracing::info!(index, bytes = bytes.len(), "snapshot saved");
     let mut resp = (
