@@ -25,7 +25,7 @@ use crate::transport::{Incoming, TransportError, ALPN_JOIN, ALPN_RAFT, ALPN_RPC}
 const WATCH_BATCH: usize = 1024;
 /// A watch stream with nothing new sends an empty frame this often (the agent's liveness check
 /// of its server).
-const WATCH_KEEPALIVE: Duration = Duration::from_secs(2);
+const WATCH_KEEPALIVE: Duration = Duration::from_secs(1);
 /// How long a write may wait for its commit on this server.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Validity of a node certificate issued at enrollment.

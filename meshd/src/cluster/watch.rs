@@ -16,7 +16,7 @@ use crate::transport::frame::{read_frame, write_frame};
 use crate::transport::ALPN_RPC;
 
 /// A server that sends nothing (not even a keepalive) for this long is given up.
-const QUIET_LIMIT: Duration = Duration::from_secs(6);
+const QUIET_LIMIT: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Default)]
 pub struct WatchMetrics {
@@ -32,8 +32,17 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let mut failures = 0u64;
+    let mut last_failed: Option<std::net::SocketAddr> = None;
     loop {
-        for addr in client.servers() {
+        // The server that just failed goes last: another one is more likely to answer.
+        let mut servers = client.servers();
+        if let Some(bad) = last_failed {
+            if servers.len() > 1 {
+                servers.retain(|a| *a != bad);
+                servers.push(bad);
+            }
+        }
+        for addr in servers {
             if cancel.is_cancelled() {
                 return;
             }
@@ -45,6 +54,7 @@ pub async fn run(
                 Ok(()) => return,
                 Err(e) => {
                     failures += 1;
+                    last_failed = Some(addr);
                     metrics.reconnects.inc();
                     if failures % 10 == 1 {
                         tracing::warn!(server = %addr, error = %e, index = view.applied(), "watch stream lost; trying another server");

@@ -20,6 +20,10 @@ use tokio_util::sync::CancellationToken;
 use super::frame::{read_frame, write_frame, FrameError};
 use super::tls::{self, TlsMaterial};
 
+/// Bound of a QUIC handshake: hosts of a mesh answer in milliseconds; a dead one should not
+/// hold a caller (a write, a failover) for long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A stream accepted from a peer.
 pub struct Incoming {
     pub alpn: Vec<u8>,
@@ -202,7 +206,7 @@ impl Transport {
                 addr,
                 reason: e.to_string(),
             })?;
-        let conn = match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+        let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 self.count_handshake_failure("outbound", &e.to_string());
@@ -214,7 +218,7 @@ impl Transport {
             Err(_) => {
                 return Err(TransportError::Connect {
                     addr,
-                    reason: "handshake timed out after 5s".into(),
+                    reason: format!("handshake timed out after {HANDSHAKE_TIMEOUT:?}"),
                 })
             }
         };
