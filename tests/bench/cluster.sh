@@ -16,6 +16,9 @@
 #        AGENTS=10          meshd agents for the propagation phase
 #        SAMPLES=200        propagation samples (registrations)
 #        PHASE=all          all, throughput or propagation
+#        LOG_LEVEL=warn     meshd's log level (logs are in the temp dir: see MESHD_KEEP_LOGS)
+#        KEEP_LOAD_DATA=1   start the agents with the throughput phase's services (hundreds of
+#                           thousands) still registered, instead of deregistering them first
 #        BENCH_DIR=...      parent of the temp dir with every node's data, config and log
 #                           (default $TMPDIR or /tmp; must be a real disk, not tmpfs, or fsync
 #                           means nothing)
@@ -33,6 +36,7 @@ SERVERS="${SERVERS:-3}"
 AGENTS="${AGENTS:-10}"
 SAMPLES="${SAMPLES:-200}"
 PHASE="${PHASE:-all}"
+LOG_LEVEL="${LOG_LEVEL:-warn}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 
@@ -126,7 +130,8 @@ TMPDIR="$WORK" "$BIN/clusterbench" \
     --servers "$SERVERS" --agents "$AGENTS" \
     --clients "$(tr -s ' ' ',' <<<"$CLIENTS" | sed 's/^,//; s/,$//')" \
     --duration "$DURATION" --rounds "$ROUNDS" --write-to "$WRITE_TO" \
-    --samples "$SAMPLES" --phase "$PHASE" \
+    --samples "$SAMPLES" --phase "$PHASE" --log-level "$LOG_LEVEL" \
+    ${KEEP_LOAD_DATA:+--keep-load-data} \
     --regbench "$BIN/regbench" &
 CB_PID=$!
 wait "$CB_PID"

@@ -20,7 +20,8 @@
 //!    the leader. Each run prints regbench's JSON line on stdout, and on stderr what the
 //!    leader's disk did (syncs and appends per sync, from meshd's `/metrics` and etcd's) and
 //!    the CPU each side used.
-//! 2. **Propagation** (`--phase propagation|all`): etcd is stopped and the agents start. For
+//! 2. **Propagation** (`--phase propagation|all`): etcd is stopped, the throughput phase's node
+//!    and services are deregistered (unless `--keep-load-data`), and the agents start. For
 //!    each sample, every agent gets a blocking query on the new service's name
 //!    (`GET /v1/catalog/service/<name>?stale&index=<X-Consul-Index>&wait=5s`), opened before
 //!    the write (checked with each agent's `meshd_api_blocking_queries` gauge); then one agent
@@ -124,6 +125,10 @@ struct Args {
     /// meshd's log level (nodes' logs are in the temp dir).
     #[arg(long, default_value = "warn")]
     log_level: String,
+    /// Start the agents with the throughput phase's registrations still in the catalog
+    /// (hundreds of thousands of services) instead of deregistering their node first.
+    #[arg(long)]
+    keep_load_data: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -233,6 +238,78 @@ async fn start_etcd(
         }
     }
     Ok(out)
+}
+
+/// The node regbench registers its services on (its default `--node`).
+const BENCH_NODE: &str = "bench-node";
+
+/// Deregisters the throughput phase's node (and so its services) in one write, and waits until
+/// every server's local state has dropped it.
+async fn drop_load_data(cluster: &mut Cluster) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let leader = cluster.wait_leader(cluster::LEADER_TIMEOUT).await;
+    let services = |r: &tests::Resp| {
+        serde_json::from_slice::<Value>(&r.body)
+            .ok()
+            .and_then(|v| v["Services"].as_object().map(|m| m.len()))
+            .unwrap_or(0)
+    };
+    let r = cluster
+        .server(leader)
+        .api()
+        .send(
+            Method::GET,
+            &format!("/v1/catalog/node/{BENCH_NODE}?stale"),
+            None,
+            Some(Duration::from_secs(60)),
+        )
+        .await?;
+    let n = if r.status == 200 { services(&r) } else { 0 };
+    let body = serde_json::to_vec(&json!({ "Node": BENCH_NODE }))?;
+    let r = cluster
+        .server(leader)
+        .api()
+        .send(
+            Method::PUT,
+            "/v1/catalog/deregister",
+            Some(body),
+            Some(Duration::from_secs(60)),
+        )
+        .await?;
+    ensure!(
+        r.status == 200,
+        "deregister {BENCH_NODE}: {} {}",
+        r.status,
+        r.text()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for s in cluster.servers() {
+        loop {
+            let r = s
+                .api()
+                .send(
+                    Method::GET,
+                    &format!("/v1/catalog/node/{BENCH_NODE}?stale"),
+                    None,
+                    Some(PROBE),
+                )
+                .await;
+            if r.is_ok_and(|r| r.status == 404) {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{} still lists {BENCH_NODE} 60 s after its deregistration",
+                s.name()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    eprintln!(
+        "== deregistered {BENCH_NODE} ({n} services) on every server in {:.1?}",
+        t0.elapsed()
+    );
+    Ok(())
 }
 
 /// The index of the member every member names as leader (`/v3/maintenance/status`).
@@ -979,6 +1056,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("== {} etcd members healthy", etcd.len());
         runs = throughput(&args, &regbench, &mut cluster, &etcd).await?;
         drop(etcd);
+        if do_propagation && !args.keep_load_data {
+            drop_load_data(&mut cluster).await?;
+        }
     }
     let prop = if do_propagation {
         Some(propagation(&args, &mut cluster).await?)
