@@ -230,6 +230,7 @@ impl Cluster {
             liveness: Arc::new(Liveness::new(cc.liveness_timeout, lm)),
             watchers,
             cancel: cancel.clone(),
+            snapshot_cache: Mutex::new(None),
         });
         let tasks = TaskTracker::new();
         let handler_ctx = ctx.clone();

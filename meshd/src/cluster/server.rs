@@ -18,7 +18,7 @@ use super::liveness::Liveness;
 use super::proto::{
     EnrollReply, EnrollRequest, ErrorKind, PeerInfo, Reply, Request, ServerInfo, WatchFrame,
 };
-use crate::transport::frame::{read_frame, write_frame};
+use crate::transport::frame::{self, read_frame, write_encoded, write_frame};
 use crate::transport::{Incoming, TransportError, ALPN_JOIN, ALPN_RAFT, ALPN_RPC};
 
 /// Most commands in one watch frame.
@@ -43,6 +43,8 @@ pub struct ServerCtx {
     pub liveness: Arc<Liveness>,
     pub watchers: Gauge,
     pub cancel: CancellationToken,
+    /// The last watch snapshot frame built, with its index.
+    pub snapshot_cache: Mutex<Option<(Arc<Vec<u8>>, u64)>>,
 }
 
 fn error(kind: ErrorKind, message: impl Into<String>) -> Reply {
@@ -387,12 +389,27 @@ impl ServerCtx {
             };
             let msg = match frame {
                 None => {
-                    let (image, index) = self.registry.redacted_image();
+                    let (bytes, index) = match self.snapshot_frame().await {
+                        Ok(f) => f,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot encode a snapshot for a watcher");
+                            return;
+                        }
+                    };
                     from = index;
-                    WatchFrame::Snapshot {
-                        image: Box::new(image),
-                        index,
+                    if let Err(e) = write_encoded(&mut s.send, &bytes).await {
+                        tracing::debug!(remote = %s.remote, error = %e, "watcher gone");
+                        return;
                     }
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => {
+                            let _ = s.send.finish();
+                            return;
+                        }
+                        r = applied.wait_for(|a| *a > from) => if r.is_err() { return },
+                        _ = tokio::time::sleep(WATCH_KEEPALIVE) => {}
+                    }
+                    continue;
                 }
                 Some((entries, upto)) => {
                     let more = entries.len() == WATCH_BATCH;
@@ -425,6 +442,39 @@ impl ServerCtx {
                 _ = tokio::time::sleep(WATCH_KEEPALIVE) => {}
             }
         }
+    }
+
+    /// A watch snapshot frame (redacted state image) and its index. Built and encoded on the
+    /// blocking pool, and shared by the watchers that ask at the same index (agents starting
+    /// together, or reconnecting after a server died).
+    async fn snapshot_frame(&self) -> Result<(Arc<Vec<u8>>, u64), String> {
+        let current = self.registry.applied_index();
+        if let Some((bytes, index)) = &*self
+            .snapshot_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            if *index == current {
+                return Ok((bytes.clone(), *index));
+            }
+        }
+        let registry = self.registry.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let (image, index) = registry.redacted_image();
+            let msg = WatchFrame::Snapshot {
+                image: Box::new(image),
+                index,
+            };
+            frame::encode(&msg).map(|b| (Arc::new(b), index))
+        })
+        .await
+        .map_err(|e| format!("snapshot task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+        *self
+            .snapshot_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(built.clone());
+        Ok(built)
     }
 
     /// Enrollment: an agent without a certificate presents the join token and a CSR.

@@ -262,7 +262,7 @@ impl Transport {
     }
 
     /// One request, one answer, on a new stream, bounded by `timeout`.
-    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned + Send + 'static>(
         &self,
         addr: SocketAddr,
         alpn: &[u8],

@@ -45,25 +45,55 @@ impl From<quinn::ReadError> for FrameError {
     }
 }
 
+/// A frame body above this size is encoded and decoded on the blocking pool, so a large
+/// snapshot does not stall the async workers (and with them Raft heartbeats).
+pub const LARGE_FRAME: usize = 1024 * 1024;
+
+/// Encodes one frame: the length prefix and the JSON body.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let mut out = vec![0u8; 4];
+    serde_json::to_writer(&mut out, msg)?;
+    let body = out.len() - 4;
+    if body > MAX_FRAME {
+        return Err(FrameError::TooLarge(body));
+    }
+    let len = u32::try_from(body).map_err(|_| FrameError::TooLarge(body))?;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(out)
+}
+
 /// Writes one frame.
 pub async fn write_frame<T: Serialize>(
     send: &mut quinn::SendStream,
     msg: &T,
 ) -> Result<(), FrameError> {
-    let body = serde_json::to_vec(msg)?;
-    if body.len() > MAX_FRAME {
-        return Err(FrameError::TooLarge(body.len()));
-    }
-    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge(body.len()))?;
-    send.write_all(&len.to_be_bytes()).await?;
-    send.write_all(&body).await?;
+    write_encoded(send, &encode(msg)?).await
+}
+
+/// Writes a frame made by [`encode`].
+pub async fn write_encoded(send: &mut quinn::SendStream, frame: &[u8]) -> Result<(), FrameError> {
+    send.write_all(frame).await?;
     Ok(())
 }
 
-/// Reads one frame; `None` when the stream ended cleanly before a new frame began.
-pub async fn read_frame<T: DeserializeOwned>(
+/// Reads one frame; `None` when the stream ended cleanly before a new frame began. A large
+/// body is decoded on the blocking pool.
+pub async fn read_frame<T: DeserializeOwned + Send + 'static>(
     recv: &mut quinn::RecvStream,
 ) -> Result<Option<T>, FrameError> {
+    let Some(body) = read_body(recv).await? else {
+        return Ok(None);
+    };
+    if body.len() < LARGE_FRAME {
+        return Ok(Some(serde_json::from_slice(&body)?));
+    }
+    match tokio::task::spawn_blocking(move || serde_json::from_slice::<T>(&body)).await {
+        Ok(r) => Ok(Some(r?)),
+        Err(e) => Err(FrameError::Read(format!("decoding task failed: {e}"))),
+    }
+}
+
+async fn read_body(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, FrameError> {
     let mut len = [0u8; 4];
     match read_exact_or_eof(recv, &mut len).await? {
         0 => return Ok(None),
@@ -78,7 +108,7 @@ pub async fn read_frame<T: DeserializeOwned>(
     if read_exact_or_eof(recv, &mut body).await? != len {
         return Err(FrameError::Truncated);
     }
-    Ok(Some(serde_json::from_slice(&body)?))
+    Ok(Some(body))
 }
 
 /// Fills `buf` unless the stream ends first; returns how many bytes were read.

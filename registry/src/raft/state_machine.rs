@@ -267,7 +267,20 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot_id,
         };
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
-        let data = serde_json::to_vec(&self.payload).map_err(|e| {
+        // Encoding a large registry takes a while: on the blocking pool, so the async workers
+        // (Raft heartbeats, RPC) are not held up.
+        let placeholder = SnapshotPayload {
+            last_applied: self.payload.last_applied,
+            last_membership: self.payload.last_membership.clone(),
+            state: StateImage::default(),
+        };
+        let payload = std::mem::replace(&mut self.payload, placeholder);
+        let encoded = tokio::task::spawn_blocking(move || serde_json::to_vec(&payload))
+            .await
+            .map_err(|e| {
+                StoreError::encode("snapshot", e).into_storage(subject(), ErrorVerb::Write)
+            })?;
+        let data = encoded.map_err(|e| {
             StoreError::encode("snapshot", e).into_storage(subject(), ErrorVerb::Write)
         })?;
         let stored = self
