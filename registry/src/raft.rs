@@ -3,8 +3,10 @@
 //!
 //! Layout: `raft/types.rs` (openraft type config), `raft/log_store.rs` (the log and vote in
 //! the sled trees `logs` and `meta`), `raft/state_machine.rs` (the in-memory [`State`];
-//! snapshots in the sled tree `snapshot`), `raft/network.rs` (Raft RPC; no multi-server
-//! transport yet), `raft/metrics.rs`.
+//! snapshots in the sled tree `snapshot`), `raft/admin.rs` (membership, read indexes, what
+//! agents' watch streams read), `raft/batch.rs` and `raft/disk.rs` (write batching, group
+//! commit), `raft/network.rs` (a network with no peers; meshd brings the QUIC one),
+//! `raft/metrics.rs`.
 //!
 //! On open, the state is loaded from the stored snapshot and openraft re-applies the committed
 //! log after it; an entry is acknowledged only once it is flushed to disk and applied.
@@ -24,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, Weak};
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, Fatal, RaftError};
+use openraft::error::{Fatal, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -478,24 +480,13 @@ impl Registry {
         if consistency == Consistency::Stale {
             return Ok(());
         }
-        let res = tokio::time::timeout(READ_BARRIER_TIMEOUT, self.inner.raft.ensure_linearizable())
-            .await
-            .map_err(|_| {
-                ReadError::Raft(format!(
-                    "leadership not confirmed within {READ_BARRIER_TIMEOUT:?}; retry, or use ?stale"
-                ))
-            })?;
-        match res {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(ReadError::NotLeader {
-                    leader: self.leader_addr(f.leader_id, f.leader_node),
-                })
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Err(
-                ReadError::Raft(format!("leadership not confirmed by a quorum: {e}")),
-            ),
-            Err(RaftError::Fatal(e)) => Err(ReadError::Raft(format!("raft is stopped: {e}"))),
+        let index = self.read_index().await?;
+        if self.wait_applied(index, READ_BARRIER_TIMEOUT).await {
+            Ok(())
+        } else {
+            Err(ReadError::Raft(format!(
+                "index {index} not applied within {READ_BARRIER_TIMEOUT:?}; retry, or use ?stale"
+            )))
         }
     }
 
@@ -607,7 +598,7 @@ impl Registry {
         tracing::info!(node_id = self.inner.node_id, "registry stopped");
     }
 
-    fn leader_addr(&self, id: Option<u64>, node: Option<BasicNode>) -> Option<String> {
+    pub(crate) fn leader_addr(&self, id: Option<u64>, node: Option<BasicNode>) -> Option<String> {
         node.map(|n| n.addr).or_else(|| {
             let id = id?;
             let m = self.inner.raft.metrics();

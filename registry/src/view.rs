@@ -70,10 +70,19 @@ impl View {
 
     /// Waits until the view reflects `index`; false on timeout.
     pub async fn wait_for(&self, index: u64, timeout: std::time::Duration) -> bool {
-        let mut rx = self.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|a| *a >= index))
-            .await
-            .map(|r| r.is_ok())
-            .unwrap_or(false)
+        wait_index(self.subscribe(), index, timeout).await
     }
+}
+
+/// Waits until an applied-index channel reaches `index`; false on timeout or when its sender
+/// is gone.
+pub(crate) async fn wait_index(
+    mut rx: watch::Receiver<u64>,
+    index: u64,
+    timeout: std::time::Duration,
+) -> bool {
+    tokio::time::timeout(timeout, rx.wait_for(|a| *a >= index))
+        .await
+        .map(|r| r.is_ok())
+        .unwrap_or(false)
 }

@@ -103,14 +103,6 @@ impl Liveness {
             .collect()
     }
 
-    fn last_seen(&self, node: &str) -> Option<(Instant, Heartbeat)> {
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(node)
-            .cloned()
-    }
-
     /// Runs on every server until `cancel`: records this server's own heartbeat, reports to the
     /// leader when following, and decides alive/failed when leading.
     pub async fn run_server(
@@ -223,9 +215,8 @@ impl Liveness {
                 if m.status != MemberStatus::Alive {
                     continue;
                 }
-                let fresh = self
-                    .last_seen(&m.name)
-                    .is_some_and(|(t, _)| now.duration_since(t) < self.timeout);
+                // `heard` holds exactly the members heard from within the bound.
+                let fresh = heard.iter().any(|s| s.heartbeat.node == m.name);
                 if !fresh {
                     tracing::warn!(node = %m.name, timeout = ?self.timeout, "no heartbeat within the liveness bound; marking the member failed");
                     self.metrics.failed.inc();

@@ -376,7 +376,10 @@ impl Cluster {
 
 /// The registry record of a CA root.
 fn ca_root(bundle: &ca::CaBundle) -> CaRoot {
-    let id = format!("{:016x}", fnv1a(bundle.cert_pem.as_bytes()));
+    let id = format!(
+        "{:016x}",
+        registry::archive::fnv1a(bundle.cert_pem.as_bytes())
+    );
     CaRoot {
         id,
         cert_pem: bundle.cert_pem.clone(),
@@ -386,10 +389,4 @@ fn ca_root(bundle: &ca::CaBundle) -> CaRoot {
         create_index: 0,
         modify_index: 0,
     }
-}
-
-fn fnv1a(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }

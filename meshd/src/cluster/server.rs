@@ -133,11 +133,7 @@ impl ServerCtx {
                 self.join_server(info).await
             }
             Request::Heartbeat(hb) => {
-                let allowed = match who {
-                    Identity::Node(n) | Identity::Server(n) => *n == hb.node,
-                    Identity::Service(_) => false,
-                };
-                if !allowed {
+                if !speaks_for(who, &hb.node) {
                     return error(
                         ErrorKind::Forbidden,
                         format!(
@@ -161,11 +157,7 @@ impl ServerCtx {
                 self.ok()
             }
             Request::Leave { node } => {
-                let allowed = match who {
-                    Identity::Node(n) | Identity::Server(n) => *n == node,
-                    Identity::Service(_) => false,
-                } || from_server;
-                if !allowed {
+                if !(from_server || speaks_for(who, &node)) {
                     return error(
                         ErrorKind::Forbidden,
                         format!("{who:?} may not make {node} leave"),
@@ -188,52 +180,65 @@ impl ServerCtx {
     /// Writes locally on the leader; a follower forwards once to the leader (`may_forward` is
     /// false for requests that were already forwarded by a server).
     pub async fn write(&self, cmd: Command, may_forward: bool) -> Reply {
-        // A leader cut off from its quorum never commits: answer with an error rather than hang.
-        let local =
-            match tokio::time::timeout(COMMIT_TIMEOUT, self.registry.write(cmd.clone())).await {
-                Ok(r) => r,
-                Err(_) => {
-                    return error(
-                        ErrorKind::Unknown,
-                        format!(
-                            "not committed within {COMMIT_TIMEOUT:?} (no quorum reachable?); the \
-                         write's outcome is unknown"
-                        ),
-                    )
-                }
+        if !self.registry.is_leader() {
+            if !may_forward {
+                return error(ErrorKind::NoLeader, "no cluster leader");
+            }
+            let addr = match self.leader_addr() {
+                Ok(a) => a,
+                Err(r) => return r,
             };
-        match local {
-            Ok(a) => Reply::Written {
+            return match self
+                .client
+                .request_to(addr, &Request::Write(cmd), REQUEST_TIMEOUT)
+                .await
+            {
+                Ok(r) => r,
+                // Never sent: the caller may retry.
+                Err(e @ TransportError::Connect { .. }) => {
+                    error(ErrorKind::NoLeader, format!("leader unreachable: {e}"))
+                }
+                Err(e) => error(
+                    ErrorKind::Unknown,
+                    format!("the leader did not answer; the write's outcome is unknown: {e}"),
+                ),
+            };
+        }
+        // A leader cut off from its quorum never commits: answer with an error rather than hang.
+        match tokio::time::timeout(COMMIT_TIMEOUT, self.registry.write(cmd)).await {
+            Ok(Ok(a)) => Reply::Written {
                 index: a.index,
                 response: a.response,
             },
-            Err(WriteError::NotLeader { leader: Some(addr) }) if may_forward => {
-                let Ok(addr) = addr.parse::<SocketAddr>() else {
-                    return error(
-                        ErrorKind::NoLeader,
-                        format!("leader address {addr:?} is invalid"),
-                    );
-                };
-                match self
-                    .client
-                    .request_to(addr, &Request::Write(cmd), REQUEST_TIMEOUT)
-                    .await
-                {
-                    Ok(r) => r,
-                    // Never sent: the caller may retry.
-                    Err(e @ TransportError::Connect { .. }) => {
-                        error(ErrorKind::NoLeader, format!("leader unreachable: {e}"))
-                    }
-                    Err(e) => error(
-                        ErrorKind::Unknown,
-                        format!("the leader did not answer; the write's outcome is unknown: {e}"),
-                    ),
-                }
+            // Leadership moved before the entry was appended: nothing written, retryable.
+            Ok(Err(WriteError::NotLeader { .. })) => {
+                error(ErrorKind::NoLeader, "no cluster leader")
             }
-            Err(WriteError::NotLeader { .. }) => error(ErrorKind::NoLeader, "no cluster leader"),
-            Err(WriteError::Shutdown) => error(ErrorKind::Unavailable, "server is shutting down"),
-            Err(e) => error(ErrorKind::NoLeader, e.to_string()),
+            Ok(Err(WriteError::Shutdown)) => {
+                error(ErrorKind::Unavailable, "server is shutting down")
+            }
+            Ok(Err(e)) => error(ErrorKind::NoLeader, e.to_string()),
+            Err(_) => error(
+                ErrorKind::Unknown,
+                format!(
+                    "not committed within {COMMIT_TIMEOUT:?} (no quorum reachable?); the write's \
+                     outcome is unknown"
+                ),
+            ),
         }
+    }
+
+    /// The current leader's QUIC address, or the error to answer with.
+    fn leader_addr(&self) -> Result<SocketAddr, Reply> {
+        let Some((_, addr)) = self.registry.leader() else {
+            return Err(error(ErrorKind::NoLeader, "no cluster leader"));
+        };
+        addr.parse().map_err(|_| {
+            error(
+                ErrorKind::NoLeader,
+                format!("leader address {addr:?} is invalid"),
+            )
+        })
     }
 
     /// The leader's read index, asked of the leader when this server follows.
@@ -264,9 +269,10 @@ impl ServerCtx {
                 Ok(()) => self.ok(),
                 Err(e) => admin_error(e),
             }
-        } else if let Some((_, addr)) = self.registry.leader() {
-            let Ok(addr) = addr.parse::<SocketAddr>() else {
-                return error(ErrorKind::NoLeader, "leader address invalid");
+        } else {
+            let addr = match self.leader_addr() {
+                Ok(a) => a,
+                Err(r) => return r,
             };
             match self
                 .client
@@ -279,8 +285,6 @@ impl ServerCtx {
                     format!("forwarding to the leader: {e}"),
                 ),
             }
-        } else {
-            error(ErrorKind::NoLeader, "no cluster leader yet")
         }
     }
 
@@ -325,11 +329,9 @@ impl ServerCtx {
         if from_server {
             return error(ErrorKind::NoLeader, "not the leader");
         }
-        let Some((_, leader)) = self.registry.leader() else {
-            return error(ErrorKind::NoLeader, "no cluster leader");
-        };
-        let Ok(leader) = leader.parse::<SocketAddr>() else {
-            return error(ErrorKind::NoLeader, "leader address invalid");
+        let leader = match self.leader_addr() {
+            Ok(a) => a,
+            Err(r) => return r,
         };
         let req = Request::RemovePeer {
             id: Some(target.id),
@@ -376,41 +378,28 @@ impl ServerCtx {
         let _guard = GaugeGuard(self.watchers.clone());
         let mut applied = self.registry.subscribe();
         loop {
-            let frame = if from == 0 {
+            let changes = if from == 0 {
                 None
             } else {
                 match self.registry.changes_since(from, WATCH_BATCH) {
-                    Ok((entries, upto)) => Some((entries, upto)),
+                    Ok(c) => Some(c),
                     Err(gap) => {
                         tracing::debug!(remote = %s.remote, %gap, "watcher too far behind; sending a snapshot");
                         None
                     }
                 }
             };
-            let msg = match frame {
-                None => {
-                    let (bytes, index) = match self.snapshot_frame().await {
-                        Ok(f) => f,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot encode a snapshot for a watcher");
-                            return;
-                        }
-                    };
-                    from = index;
-                    if let Err(e) = write_encoded(&mut s.send, &bytes).await {
-                        tracing::debug!(remote = %s.remote, error = %e, "watcher gone");
+            let (bytes, more) = match changes {
+                None => match self.snapshot_frame().await {
+                    Ok((bytes, index)) => {
+                        from = index;
+                        (bytes, false)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot encode a snapshot for a watcher");
                         return;
                     }
-                    tokio::select! {
-                        _ = self.cancel.cancelled() => {
-                            let _ = s.send.finish();
-                            return;
-                        }
-                        r = applied.wait_for(|a| *a > from) => if r.is_err() { return },
-                        _ = tokio::time::sleep(WATCH_KEEPALIVE) => {}
-                    }
-                    continue;
-                }
+                },
                 Some((entries, upto)) => {
                     let more = entries.len() == WATCH_BATCH;
                     from = from.max(upto);
@@ -419,18 +408,21 @@ impl ServerCtx {
                         upto,
                         leader: self.registry.leader().map(|(_, a)| a),
                     };
-                    if more {
-                        if write_frame(&mut s.send, &msg).await.is_err() {
+                    match frame::encode(&msg) {
+                        Ok(b) => (Arc::new(b), more),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot encode changes for a watcher");
                             return;
                         }
-                        continue;
                     }
-                    msg
                 }
             };
-            if let Err(e) = write_frame(&mut s.send, &msg).await {
+            if let Err(e) = write_encoded(&mut s.send, &bytes).await {
                 tracing::debug!(remote = %s.remote, error = %e, "watcher gone");
                 return;
+            }
+            if more {
+                continue;
             }
             // Wait for something new, a keepalive tick, or shutdown.
             tokio::select! {
@@ -552,6 +544,15 @@ impl ServerCtx {
             },
             Err(e) => refuse(ErrorKind::BadRequest, format!("CSR refused: {e}")),
         }
+    }
+}
+
+/// Whether a peer with this identity may act for `node` (heartbeat, leave): the node's own
+/// certificate, or the server certificate of a server with that node name.
+fn speaks_for(who: &Identity, node: &str) -> bool {
+    match who {
+        Identity::Node(n) | Identity::Server(n) => n == node,
+        Identity::Service(_) => false,
     }
 }
 

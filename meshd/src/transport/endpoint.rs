@@ -61,12 +61,16 @@ impl TransportError {
     /// Whether retrying cannot help: the peer's certificate is not from our CA, or ours is
     /// refused.
     pub fn is_certificate_error(&self) -> bool {
-        let r = self.to_string().to_ascii_lowercase();
-        r.contains("certificate")
-            || r.contains("unknownissuer")
-            || r.contains("unknown ca")
-            || r.contains("handshake failed")
+        let r = self.to_string();
+        names_certificate(&r) || r.to_ascii_lowercase().contains("handshake failed")
     }
+}
+
+/// Whether a TLS failure's text says a certificate was refused (rustls and quinn name the
+/// verifier error or the alert).
+fn names_certificate(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    r.contains("certificate") || r.contains("unknownissuer") || r.contains("unknown ca")
 }
 
 struct Identity {
@@ -298,10 +302,9 @@ impl Transport {
     }
 
     fn count_handshake_failure(&self, direction: &str, reason: &str) {
-        let r = reason.to_ascii_lowercase();
-        let kind = if r.contains("certificate") || r.contains("unknown ca") {
+        let kind = if names_certificate(reason) {
             "certificate"
-        } else if r.contains("timed out") {
+        } else if reason.contains("timed out") {
             "timeout"
         } else {
             "other"

@@ -194,7 +194,7 @@ impl Registry {
             Ok(read_log) => Ok(read_log.map(|l| l.index).unwrap_or(0)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(ReadError::NotLeader {
-                    leader: f.leader_node.map(|n| n.addr),
+                    leader: self.leader_addr(f.leader_id, f.leader_node),
                 })
             }
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Err(
@@ -206,11 +206,7 @@ impl Registry {
 
     /// Waits until the local state has applied `index`; false on timeout.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
-        let mut rx = self.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|applied| *applied >= index))
-            .await
-            .map(|r| r.is_ok())
-            .unwrap_or(false)
+        crate::view::wait_index(self.subscribe(), index, timeout).await
     }
 
     /// The state as an agent may see it (CA keys removed) and the applied index it reflects.

@@ -1,9 +1,7 @@
-//! Raft RPC between servers.
-//!
-//! Only single-server clusters exist today: the transport between servers (QUIC with mutual
-//! TLS, ALPN-selected Raft RPC) comes with multi-server support. Until then every RPC to a peer
-//! fails with [`Unreachable`], which openraft treats as a peer that is down and retries with
-//! backoff; a one-server cluster never sends any.
+//! A Raft network with no peers, for a registry used on its own (tests, tools): every RPC to a
+//! peer fails with [`Unreachable`], which openraft treats as a peer that is down; a one-server
+//! cluster never sends any. meshd's servers talk to each other over QUIC
+//! (`meshd/src/cluster/raft_net.rs`).
 
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
 use openraft::network::RPCOption;
