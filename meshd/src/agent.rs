@@ -14,6 +14,7 @@ use crate::api;
 use crate::checks::CheckRunner;
 use crate::cluster::Cluster;
 use crate::config::RuntimeConfig;
+use crate::dns;
 use crate::local::AgentInfo;
 use crate::store::Store;
 
@@ -80,6 +81,7 @@ pub async fn run(cfg: RuntimeConfig) -> anyhow::Result<()> {
     )
     .context("creating the check runner")?;
     let api_metrics = api::ApiMetrics::new(&mut metrics);
+    let dns_metrics = dns::DnsMetrics::new(&mut metrics);
     let ctx = Arc::new(api::ApiContext::new(
         store.clone(),
         agent.clone(),
@@ -132,15 +134,18 @@ pub async fn run(cfg: RuntimeConfig) -> anyhow::Result<()> {
             .await
     });
 
+    let dns = start_dns(&cfg, &store, dns_metrics, cancel.clone()).await?;
+
     let role = if cfg.server { "server" } else { "agent" };
     println!(
-        "==> meshd serving: http=http://{http_addr} quic={} node={} datacenter={} data_dir={} role={role}",
+        "==> meshd serving: http=http://{http_addr} dns={} quic={} node={} datacenter={} data_dir={} role={role}",
+        dns.addr,
         cluster.advertise,
         agent.node,
         agent.datacenter,
         data_dir.display()
     );
-    info!(%http_addr, quic = %cluster.advertise, role, "serving");
+    info!(%http_addr, dns = %dns.addr, quic = %cluster.advertise, role, "serving");
 
     let left = tokio::select! {
         _ = shutdown_signal() => false,
@@ -164,6 +169,7 @@ pub async fn run(cfg: RuntimeConfig) -> anyhow::Result<()> {
         Err(_) => warn!("HTTP requests did not finish within {DRAIN_TIMEOUT:?}; closing"),
     }
     let _ = checks_task.await;
+    dns.stopped().await;
     cluster.shutdown().await;
     info!("stopped");
     Ok(())
@@ -273,5 +279,38 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+    }
+}
+
+/// Starts the DNS server. In dev mode a taken default port falls back to a free one, so a
+/// second dev agent on the machine still starts.
+async fn start_dns(
+    cfg: &RuntimeConfig,
+    store: &Store,
+    metrics: dns::DnsMetrics,
+    cancel: CancellationToken,
+) -> anyhow::Result<dns::Dns> {
+    let start = |dns_cfg| {
+        dns::start(
+            dns_cfg,
+            cfg.datacenter.clone(),
+            cfg.cluster.advertise_ip,
+            store.clone(),
+            metrics.clone(),
+            cancel.clone(),
+        )
+    };
+    match start(cfg.dns.clone()).await {
+        Ok(d) => Ok(d),
+        Err(e) if cfg.dev && cfg.dns.addr.port() != 0 => {
+            let mut fallback = cfg.dns.clone();
+            fallback.addr.set_port(0);
+            warn!(
+                error = format!("{e:#}"),
+                "DNS port taken; dev mode uses a free port"
+            );
+            start(fallback).await
+        }
+        Err(e) => Err(e),
     }
 }

@@ -88,4 +88,17 @@ pub struct AgentArgs {
     /// any leader can sign node certificates (servers only).
     #[arg(long, value_name = "FILE")]
     pub ca_key_file: Option<PathBuf>,
+    /// DNS address, UDP and TCP (default: 127.0.0.1:8600; port 0 picks a free port).
+    #[arg(long, value_name = "IP:PORT")]
+    pub dns_addr: Option<SocketAddr>,
+    /// The DNS domain to answer for (default: mesh).
+    #[arg(long, value_name = "DOMAIN")]
+    pub domain: Option<String>,
+    /// A second domain answered like --domain (for example consul).
+    #[arg(long, value_name = "DOMAIN")]
+    pub alt_domain: Option<String>,
+    /// An upstream resolver for names outside the domains (IP or IP:PORT); repeat for several.
+    /// Without one, such names are refused.
+    #[arg(long, value_name = "ADDR")]
+    pub recursor: Vec<String>,
 }

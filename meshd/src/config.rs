@@ -12,8 +12,10 @@ use serde::Deserialize;
 
 use crate::cli::AgentArgs;
 pub use cluster::ClusterConfig;
+pub use dns::{DnsConfig, FileDnsConfig};
 
 mod cluster;
+mod dns;
 use crate::duration::parse_go_duration;
 
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
@@ -71,6 +73,18 @@ pub struct FileConfig {
     pub liveness_timeout: Option<String>,
     pub heartbeat_interval: Option<String>,
     pub leave_on_terminate: Option<bool>,
+    /// DNS server address (UDP and TCP), `IP:PORT`.
+    pub dns_addr: Option<String>,
+    /// The DNS domain meshd answers for (default `mesh`).
+    pub domain: Option<String>,
+    /// A second domain answered like `domain` (for example `consul`).
+    pub alt_domain: Option<String>,
+    /// Upstream resolvers for names outside the domains (`IP` or `IP:PORT`).
+    pub recursors: Option<Vec<String>>,
+    /// Consul's DNS knobs.
+    pub dns_config: Option<FileDnsConfig>,
+    /// Servers: the IPv4 range service virtual IPs come from.
+    pub virtual_ip_range: Option<String>,
 }
 
 /// The validated configuration the agent runs with.
@@ -92,6 +106,7 @@ pub struct RuntimeConfig {
     pub check_update_interval: Duration,
     pub cache_bytes: u64,
     pub cluster: ClusterConfig,
+    pub dns: DnsConfig,
 }
 
 /// Reads and parses a TOML config file.
@@ -237,6 +252,7 @@ pub fn build(args: &AgentArgs) -> Result<RuntimeConfig, ConfigError> {
 
     let cluster = cluster::build(args, &file, &file_name, server, http_addr.ip())?;
     let advertise_addr = cluster.advertise_ip.to_string();
+    let dns = dns::build(args, &file, &file_name)?;
 
     Ok(RuntimeConfig {
         dev: args.dev,
@@ -254,6 +270,7 @@ pub fn build(args: &AgentArgs) -> Result<RuntimeConfig, ConfigError> {
         check_update_interval,
         cache_bytes: cache_mb * 1024 * 1024,
         cluster,
+        dns,
     })
 }
 

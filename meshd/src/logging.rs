@@ -5,11 +5,19 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global subscriber. `level` was validated with the config.
 pub fn init(level: &str, json: bool) {
     // openraft logs every vote and role change at info; keep it at warn unless asked for.
-    let spec = if level.contains("openraft") {
-        level.to_string()
-    } else {
-        format!("{level},openraft=warn")
-    };
+    // hickory-server logs every DNS request at info; keep it at warn unless asked for.
+    let mut spec = level.to_string();
+    for quiet in [
+        "openraft",
+        "hickory_server",
+        "hickory_proto",
+        "hickory_net",
+        "hickory_resolver",
+    ] {
+        if !level.contains(quiet) {
+            spec.push_str(&format!(",{quiet}=warn"));
+        }
+    }
     let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only on a terminal: a log file or journald gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

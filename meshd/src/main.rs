@@ -12,6 +12,7 @@ mod cli;
 mod cluster;
 mod config;
 mod definitions;
+mod dns;
 mod duration;
 mod local;
 mod logging;

@@ -1,0 +1,218 @@
+//! The request handler hickory-server calls for every parsed query: checks the message, answers
+//! names in our domains from the local state, forwards or refuses the rest, and counts.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
+use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+
+use super::answer::Zone;
+use super::metrics::{DnsMetrics, QueryLabels};
+use super::names::{self, Parsed};
+use super::recursor::Recursor;
+use crate::config::DnsConfig;
+use crate::store::Store;
+
+/// The largest UDP answer we send, whatever a client's EDNS size says (fragments get lost).
+const MAX_UDP_PAYLOAD: u16 = 4096;
+
+pub struct Handler {
+    pub store: Store,
+    pub cfg: Arc<DnsConfig>,
+    pub datacenter: String,
+    /// What `ns.<domain>` resolves to.
+    pub ns_ip: IpAddr,
+    pub recursor: Option<Recursor>,
+    pub metrics: DnsMetrics,
+}
+
+/// The records of a response, owned until it is encoded.
+#[derive(Default)]
+struct Reply {
+    rcode: ResponseCode,
+    authoritative: bool,
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+    additionals: Vec<Record>,
+}
+
+impl Reply {
+    fn code(rcode: ResponseCode) -> Reply {
+        Reply {
+            rcode,
+            ..Reply::default()
+        }
+    }
+}
+
+impl Handler {
+    fn domains(&self) -> Vec<&str> {
+        let mut d = vec![self.cfg.domain.as_str()];
+        if let Some(alt) = &self.cfg.alt_domain {
+            d.push(alt.as_str());
+        }
+        d
+    }
+
+    async fn resolve(&self, request: &Request) -> (Reply, Option<RecordType>) {
+        if request.metadata.op_code != OpCode::Query {
+            return (Reply::code(ResponseCode::NotImp), None);
+        }
+        let queries = request.queries.queries();
+        if queries.len() != 1 {
+            return (Reply::code(ResponseCode::FormErr), None);
+        }
+        let q = &queries[0];
+        let qtype = q.query_type();
+        if !matches!(q.query_class(), DNSClass::IN | DNSClass::ANY) {
+            return (Reply::code(ResponseCode::NotImp), Some(qtype));
+        }
+        let qname: Name = q.name().into();
+        let text = qname.to_ascii();
+        match names::parse(&text, &self.domains(), &self.datacenter) {
+            Parsed::Ours { zone, lookup } => {
+                if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+                    return (Reply::code(ResponseCode::Refused), Some(qtype));
+                }
+                let domain = self.domains()[zone];
+                let z = Zone {
+                    cfg: &self.cfg,
+                    domain,
+                    datacenter: &self.datacenter,
+                    ns_ip: self.ns_ip,
+                };
+                let a = {
+                    let state = self.store.read();
+                    z.answer(&state, &lookup, &qname, qtype)
+                };
+                let reply = Reply {
+                    rcode: a.rcode,
+                    authoritative: true,
+                    answers: a.answers,
+                    authorities: a.soa.into_iter().collect(),
+                    additionals: a.additionals,
+                };
+                (reply, Some(qtype))
+            }
+            Parsed::Foreign => match &self.recursor {
+                None => (Reply::code(ResponseCode::Refused), Some(qtype)),
+                Some(r) => match r.forward(qname, qtype).await {
+                    Ok(f) => (
+                        Reply {
+                            rcode: f.rcode,
+                            authoritative: false,
+                            answers: f.answers,
+                            authorities: f.authorities,
+                            additionals: f.additionals,
+                        },
+                        Some(qtype),
+                    ),
+                    Err(e) => {
+                        self.metrics.recursor_errors.inc();
+                        tracing::debug!(name = %text, error = %e, "no recursor answered");
+                        (Reply::code(ResponseCode::ServFail), Some(qtype))
+                    }
+                },
+            },
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let start = Instant::now();
+        let (reply, qtype) = self.resolve(request).await;
+
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.response_code = reply.rcode;
+        metadata.authoritative = reply.authoritative;
+        metadata.recursion_available = self.recursor.is_some();
+        // Our EDNS answer states the size we send up to: the client's, within bounds.
+        let edns = request.edns.as_ref().map(|e| {
+            let mut out = Edns::new();
+            out.set_max_payload(e.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+            out
+        });
+        let mut builder = MessageResponseBuilder::new(&request.queries, None);
+        if let Some(e) = &edns {
+            builder.edns(e);
+        }
+        let response = builder.build(
+            metadata,
+            reply.answers.iter(),
+            reply.authorities.iter(),
+            std::iter::empty(),
+            reply.additionals.iter(),
+        );
+        let protocol = request.protocol();
+        let info = match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(error = %e, src = %request.src(), "DNS answer not sent");
+                metadata.response_code = ResponseCode::ServFail;
+                ResponseInfo::from(Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                })
+            }
+        };
+        if info.truncation {
+            self.metrics.truncated.inc();
+        }
+        self.metrics
+            .queries
+            .get_or_create(&QueryLabels {
+                qtype: qtype_label(qtype).into(),
+                rcode: rcode_label(info.response_code).into(),
+                protocol: match protocol {
+                    Protocol::Udp => "udp",
+                    Protocol::Tcp => "tcp",
+                    _ => "other",
+                },
+            })
+            .inc();
+        self.metrics.duration.observe(start.elapsed().as_secs_f64());
+        info
+    }
+}
+
+/// A bounded set of label values, so hostile queries cannot grow the metric families.
+fn qtype_label(t: Option<RecordType>) -> &'static str {
+    match t {
+        None => "NONE",
+        Some(RecordType::A) => "A",
+        Some(RecordType::AAAA) => "AAAA",
+        Some(RecordType::SRV) => "SRV",
+        Some(RecordType::TXT) => "TXT",
+        Some(RecordType::NS) => "NS",
+        Some(RecordType::SOA) => "SOA",
+        Some(RecordType::ANY) => "ANY",
+        Some(RecordType::PTR) => "PTR",
+        Some(RecordType::CNAME) => "CNAME",
+        Some(RecordType::MX) => "MX",
+        Some(_) => "OTHER",
+    }
+}
+
+fn rcode_label(c: ResponseCode) -> &'static str {
+    match c {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::Refused => "REFUSED",
+        _ => "OTHER",
+    }
+}
