@@ -23,7 +23,15 @@ pub struct Zone<'a> {
     pub datacenter: &'a str,
     /// The address `ns.<domain>` resolves to (this agent's).
     pub ns_ip: IpAddr,
+    /// The largest message the client takes (bytes). Records that could not fit are not built.
+    pub size_limit: usize,
 }
+
+/// The fewest bytes one SRV answer and its target's A record take on the wire (owner as a
+/// compression pointer, the shortest target, a compressed A record).
+const MIN_SRV_BYTES: usize = 38;
+/// The fewest bytes of one A record (owner as a compression pointer).
+const MIN_A_BYTES: usize = 16;
 
 /// An answer before it is encoded.
 #[derive(Debug)]
@@ -191,6 +199,10 @@ impl Zone<'_> {
             return None;
         }
         instances.shuffle(&mut rand::rng());
+        // Past this many, records cannot fit in the message: the encoder would drop them.
+        if qtype == RecordType::SRV {
+            instances.truncate(self.size_limit / MIN_SRV_BYTES + 1);
+        }
         let ttl = self.cfg.service_ttl(name);
         let mut answers = Vec::new();
         let mut additionals = Vec::new();
@@ -212,9 +224,10 @@ impl Zone<'_> {
             }
             RecordType::A | RecordType::AAAA | RecordType::ANY => {
                 let mut seen = std::collections::HashSet::new();
+                let fit = self.size_limit / MIN_A_BYTES + 1;
                 let limit = match self.cfg.a_record_limit {
-                    0 => usize::MAX,
-                    n => n as usize,
+                    0 => fit,
+                    n => fit.min(n as usize),
                 };
                 for inst in &instances {
                     let Some(ip) = inst.ip() else { continue };
@@ -350,3 +363,7 @@ fn node_meta_txt(node: &Node, name: &Name, ttl: u32) -> Vec<Record> {
         })
         .collect()
 }
+
+#[cfg(test)]
+#[path = "answer_tests.rs"]
+mod tests;

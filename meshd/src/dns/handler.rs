@@ -81,11 +81,19 @@ impl Handler {
                     return (Reply::code(ResponseCode::Refused), Some(qtype));
                 }
                 let domain = self.domains()[zone];
+                let size_limit = match request.protocol() {
+                    Protocol::Udp => request
+                        .edns
+                        .as_ref()
+                        .map_or(512, |e| e.max_payload().clamp(512, MAX_UDP_PAYLOAD)),
+                    _ => u16::MAX,
+                };
                 let z = Zone {
                     cfg: &self.cfg,
                     domain,
                     datacenter: &self.datacenter,
                     ns_ip: self.ns_ip,
+                    size_limit: size_limit as usize,
                 };
                 let a = {
                     let state = self.store.read();
