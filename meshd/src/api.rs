@@ -20,6 +20,7 @@ mod definition;
 mod error;
 mod health;
 mod kv;
+mod mesh;
 mod metrics;
 mod status;
 #[cfg(test)]
@@ -136,6 +137,7 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
             "/v1/kv/{*key}",
             get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
         )
+        .route("/v1/mesh/virtual-ips", get(mesh::virtual_ips))
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
         .route("/v1/agent/leave", put(cluster::leave))

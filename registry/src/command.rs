@@ -8,8 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{CaRoot, Check, MemberRole, MemberStatus, Node, Service, Status};
 use crate::state::StateImage;
 
-/// One replicated write. Later issues add config entries, ACLs and virtual IPs as
-/// further variants; an old log never contains them, so adding variants is compatible.
+/// One replicated write. Later issues add config entries and ACLs as further variants; an old log never contains them, so adding variants is compatible.
 // Commands are built once per write and moved into the log; boxing `Register` would only add
 // an allocation.
 #[allow(clippy::large_enum_variant)]
@@ -62,6 +61,10 @@ pub enum Command {
     /// service and node index moves to the entry's index so every blocking query wakes; the
     /// objects keep their own indexes.
     Restore(Box<StateImage>),
+    /// Set the range virtual IPs are taken from (`a.b.c.d/len`, at most /30). Addresses already
+    /// given stay; names that lack one get one from the new range. Rejected if `cidr` is not a
+    /// usable IPv4 CIDR; done without change when it is the current range. See [`crate::vip`].
+    VirtualIpRange { cidr: String },
     /// Independent writes of concurrent clients carried by one log entry (group commit):
     /// applied in order, each with its own response, all at the entry's index. Batches do not
     /// nest.
@@ -80,6 +83,7 @@ impl Command {
             Command::MemberSet { .. } => "member_set",
             Command::CaInit(_) => "ca_init",
             Command::Restore(_) => "restore",
+            Command::VirtualIpRange { .. } => "virtual_ip_range",
             Command::Batch(_) => "batch",
         }
     }

@@ -5,6 +5,7 @@
 //! - [`command`]: the [`Command`]s a Raft log entry carries, and their [`Response`];
 //! - [`state`]: the tables and `apply`, with per-table, per-service and per-node indexes;
 //! - [`query`]: reads of the state and the index each reflects;
+//! - [`vip`]: the virtual IP of each service name, allocated from a replicated range;
 //! - [`feed`]: the recent applied commands, which agents' watch streams replay;
 //! - [`archive`]: the self-checking snapshot file of `meshctl snapshot save`/`restore`;
 //! - [`raft`]: openraft over sled (log, vote, snapshots) and the [`Registry`] handle that
@@ -19,13 +20,15 @@ pub mod query;
 pub mod raft;
 pub mod state;
 pub mod view;
+pub mod vip;
 
 pub use command::{Command, Register, Response};
 pub use feed::{Feed, FeedEntry, FeedGap, DEFAULT_FEED_ENTRIES};
-pub use model::{CaRoot, Member, MemberRole, MemberStatus};
+pub use model::{CaRoot, Member, MemberRole, MemberStatus, VirtualIp};
 pub use model::{Check, CheckDefinition, KvEntry, Node, Service, ServiceAddress, Status, Weights};
 pub use raft::{
     AdminError, Applied, Bootstrap, Consistency, LeaderInfo, OpenError, Peer, ReadError, Registry,
     RegistryConfig, WriteError,
 };
 pub use state::State;
+pub use vip::Ipv4Cidr;

@@ -1,11 +1,12 @@
 //! The objects the registry stores: nodes, service instances, health checks, KV entries, cluster
-//! members and CA roots.
+//! members, CA roots and virtual IPs.
 //!
 //! They serialize with Consul's JSON field names and casing, so the HTTP API can return them as
 //! they are. Every object carries `CreateIndex`/`ModifyIndex`: the Raft log index of the write
 //! that created it and of the last write that changed it.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -274,6 +275,17 @@ pub struct CaRoot {
     pub active: bool,
     pub create_index: u64,
     pub modify_index: u64,
+}
+
+/// The virtual IP of a service name (see [`crate::vip`]); `IP` is the dotted address.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct VirtualIp {
+    pub service: String,
+    #[serde(rename = "IP")]
+    pub ip: Ipv4Addr,
+    /// Index of the write that gave the name this address.
+    pub create_index: u64,
 }
 
 /// One KV entry (Consul's `KVPair`); `Value` is base64 on the wire, `null` when empty.

@@ -4,9 +4,11 @@
 //! here comes with the narrowest index that covers it: one service name, one node, one key.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
-use crate::model::{CaRoot, Check, KvEntry, Member, Node, Service, Status};
+use crate::model::{CaRoot, Check, KvEntry, Member, Node, Service, Status, VirtualIp};
 use crate::state::{node_range, State};
+use crate::vip::Ipv4Cidr;
 
 /// One instance of a service with its node and the checks that decide its health
 /// (the node's own checks and the instance's).
@@ -206,5 +208,26 @@ impl State {
     /// Index of the last change of the CA roots table.
     pub fn ca_roots_index(&self) -> u64 {
         self.indexes.ca_roots
+    }
+
+    /// The virtual IP of a service name (`None`: no instance, or the range was full). A map
+    /// lookup, O(log n).
+    pub fn virtual_ip(&self, name: &str) -> Option<Ipv4Addr> {
+        self.vips.get(name)
+    }
+
+    /// Every virtual IP, by service name.
+    pub fn virtual_ips(&self) -> impl Iterator<Item = &VirtualIp> {
+        self.vips.iter()
+    }
+
+    /// The range new virtual IPs come from.
+    pub fn virtual_ip_range(&self) -> Ipv4Cidr {
+        self.vips.range()
+    }
+
+    /// Index of the last change of the virtual IP table or its range.
+    pub fn virtual_ips_index(&self) -> u64 {
+        self.indexes.virtual_ips
     }
 }

@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Register, Response};
 use crate::model::{
-    CaRoot, Check, KvEntry, Member, MemberRole, MemberStatus, Node, Service, Status,
+    CaRoot, Check, KvEntry, Member, MemberRole, MemberStatus, Node, Service, Status, VirtualIp,
     NODE_ALIVE_OUTPUT, NODE_CHECK_ID, NODE_CHECK_NAME, NODE_FAILED_OUTPUT,
 };
+use crate::vip::Ipv4Cidr;
 
 /// Key of a service instance or a check: (node name, ID).
 pub type NodeKey = (String, String);
@@ -35,6 +36,9 @@ pub struct Indexes {
     /// `ModifyIndex` says.
     #[serde(default)]
     pub restore: u64,
+    /// Index of the last change of the virtual IP table or its range.
+    #[serde(default)]
+    pub virtual_ips: u64,
     pub by_service: HashMap<String, u64>,
     pub by_node: HashMap<String, u64>,
 }
@@ -52,6 +56,8 @@ pub struct State {
     pub(crate) indexes: Indexes,
     /// Service name → its instances (derived; rebuilt from `services` on restore).
     pub(crate) by_name: HashMap<String, BTreeSet<NodeKey>>,
+    /// The virtual IP of each service name, and the range they come from.
+    pub(crate) vips: crate::vip::VirtualIps,
     /// Index of the last applied command.
     pub(crate) applied: u64,
 }
@@ -69,6 +75,14 @@ pub struct StateImage {
     pub members: Vec<Member>,
     #[serde(default)]
     pub ca_roots: Vec<CaRoot>,
+    // Absent from images written before virtual IPs existed (`virtual_ip_range` is `None`).
+    #[serde(default)]
+    pub virtual_ips: Vec<VirtualIp>,
+    #[serde(default)]
+    pub virtual_ip_range: Option<Ipv4Cidr>,
+    /// The allocation cursor: offset into the range where the next search starts.
+    #[serde(default)]
+    pub virtual_ip_next: u64,
     pub indexes: Indexes,
     pub applied: u64,
 }
@@ -129,6 +143,7 @@ impl State {
             } => self.member_set(index, name, addr, *role, *status, datacenter),
             Command::CaInit(root) => self.ca_init(index, root),
             Command::Restore(image) => self.restore(index, image),
+            Command::VirtualIpRange { cidr } => self.set_virtual_ip_range(index, cidr),
             Command::Batch(cmds) => Response::Batch(
                 cmds.iter()
                     .map(|c| match c {
@@ -209,7 +224,7 @@ impl State {
                     s.modify_index = index;
                     let old_name = old.service.clone();
                     if old_name != s.service {
-                        self.unlink_name(&old_name, &key);
+                        self.unlink_name(index, &old_name, &key);
                         self.touch_service(index, &old_name);
                     }
                     self.link_name(&s.service, &key);
@@ -275,6 +290,9 @@ impl State {
             c.modify_index = index;
             self.touch_check(index, &c);
             self.checks.insert(key, c);
+        }
+        if let Some(s) = &r.service {
+            self.assign_virtual_ip(index, &s.service);
         }
         Response::Done
     }
@@ -520,7 +538,9 @@ impl State {
     }
 
     fn restore(&mut self, index: u64, image: &StateImage) -> Response {
-        let mut next = State::from_image(image.clone());
+        let mut image = image.clone();
+        self.virtual_ip_range_for_restore(&mut image);
+        let mut next = State::from_image(image);
         let mut services = self.service_name_set();
         services.extend(next.service_name_set());
         let mut nodes = self.node_name_set();
@@ -534,10 +554,12 @@ impl State {
             members: index,
             ca_roots: index,
             restore: index,
+            virtual_ips: index,
             by_service: services.into_iter().map(|n| (n, index)).collect(),
             by_node: nodes.into_iter().map(|n| (n, index)).collect(),
         };
         next.applied = self.applied;
+        next.assign_missing_virtual_ips(index);
         *self = next;
         Response::Done
     }
@@ -559,7 +581,7 @@ impl State {
         let Some(s) = self.services.remove(key) else {
             return;
         };
-        self.unlink_name(&s.service, key);
+        self.unlink_name(index, &s.service, key);
         self.touch_service(index, &s.service);
         self.touch_node(index, &key.0, false);
         self.indexes.services = index;
@@ -642,18 +664,20 @@ impl State {
             .insert(key.clone());
     }
 
-    fn unlink_name(&mut self, name: &str, key: &NodeKey) {
+    /// Unlinks an instance from its name; the name's last instance frees its virtual IP.
+    fn unlink_name(&mut self, index: u64, name: &str, key: &NodeKey) {
         if let Some(set) = self.by_name.get_mut(name) {
             set.remove(key);
             if set.is_empty() {
                 self.by_name.remove(name);
+                self.free_virtual_ip(index, name);
             }
         }
     }
 
     /// The snapshot image of this state.
     pub fn image(&self) -> StateImage {
-        StateImage {
+        let mut img = StateImage {
             nodes: self.nodes.values().cloned().collect(),
             services: self
                 .services
@@ -666,7 +690,10 @@ impl State {
             ca_roots: self.ca_roots.values().cloned().collect(),
             indexes: self.indexes.clone(),
             applied: self.applied,
-        }
+            ..StateImage::default()
+        };
+        self.virtual_ips_to_image(&mut img);
+        img
     }
 
     /// Rebuilds a state from a snapshot image.
@@ -696,6 +723,7 @@ impl State {
         for r in img.ca_roots {
             st.ca_roots.insert(r.id.clone(), r);
         }
+        st.virtual_ips_from_image(&img.virtual_ips, img.virtual_ip_range, img.virtual_ip_next);
         st
     }
 }

@@ -3,6 +3,7 @@
 mod agent_misc;
 mod blocking_http;
 mod kv_catalog;
+mod virtual_ips;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

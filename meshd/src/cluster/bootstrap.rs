@@ -3,7 +3,8 @@
 //! ID forms the cluster of those N; a server that finds a formed cluster asks to join it (as a
 //! learner, promoted to voter once caught up). Both retry until they succeed or meshd stops.
 //! Once the cluster has a leader, a server holding the CA key imports the root into the
-//! registry, so any leader can sign.
+//! registry, so any leader can sign, and every server writes its configured virtual IP range
+//! if the registry's differs.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use registry::model::CaRoot;
-use registry::Command;
+use registry::{Command, Ipv4Cidr, Response};
 use tokio_util::sync::CancellationToken;
 
 use super::proto::{Reply, Request, ServerInfo};
@@ -171,4 +172,79 @@ async fn import_ca_inner(ctx: Arc<ServerCtx>, root: CaRoot, cancel: Cancellation
             _ = tokio::time::sleep(RETRY) => {}
         }
     }
+}
+
+/// Sets the registry's virtual IP range to `cidr` (`a.b.c.d/len`) once there is a leader, unless
+/// it is that range already (read at the leader's read index, so a server that is catching up
+/// does not write a range the cluster already has). Addresses already given keep; new ones
+/// come from `cidr`. Retries until it is done or meshd stops; an invalid `cidr` is logged and
+/// given up (configuration validation should have refused it).
+// Started by `cluster/mod.rs` from the configured range; remove this allow once it is.
+#[allow(dead_code)]
+pub async fn set_virtual_ip_range(ctx: Arc<ServerCtx>, cidr: String, cancel: CancellationToken) {
+    let range: Ipv4Cidr = match cidr.parse() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(%cidr, error = %e, "invalid virtual IP range; keeping the registry's");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = set_virtual_ip_range_inner(ctx, range, cancel.clone()) => {}
+    }
+}
+
+async fn set_virtual_ip_range_inner(
+    ctx: Arc<ServerCtx>,
+    range: Ipv4Cidr,
+    cancel: CancellationToken,
+) {
+    loop {
+        match current_range(&ctx).await {
+            Ok(current) if current == range => {
+                tracing::debug!(%range, "virtual IP range already set");
+                return;
+            }
+            Ok(current) => {
+                let cmd = Command::VirtualIpRange {
+                    cidr: range.to_string(),
+                };
+                match ctx.write(cmd, true).await {
+                    Reply::Written {
+                        index,
+                        response: Response::Rejected(why),
+                    } => {
+                        tracing::error!(index, %range, reason = %why, "virtual IP range refused");
+                        return;
+                    }
+                    Reply::Written { index, .. } => {
+                        tracing::info!(index, %range, previous = %current, "virtual IP range set");
+                        return;
+                    }
+                    other => {
+                        tracing::debug!(reply = ?other, "virtual IP range not set yet; retrying")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "virtual IP range not read yet; retrying")
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+/// The registry's range, read once the local state has applied the leader's read index.
+async fn current_range(ctx: &ServerCtx) -> Result<Ipv4Cidr, String> {
+    let index = ctx.read_index().await.map_err(|e| e.to_string())?;
+    if !ctx.registry.wait_applied(index, RETRY * 5).await {
+        return Err(format!(
+            "the local state did not reach the read index {index}"
+        ));
+    }
+    Ok(ctx.registry.read().virtual_ip_range())
 }
