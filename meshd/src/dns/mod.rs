@@ -17,6 +17,7 @@ pub mod handler;
 pub mod metrics;
 pub mod names;
 pub mod recursor;
+mod udp;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -77,19 +78,41 @@ pub async fn start(
         recursor,
         metrics,
     };
-    let mut server = Server::new(handler);
+    let handler = Arc::new(handler);
+    let mut udp_tasks = tokio::task::JoinSet::new();
     for s in udp {
-        server.register_socket(s);
+        udp_tasks.spawn(udp::serve(s, handler.clone(), cancel.clone()));
     }
+    let mut server = Server::new(Shared(handler));
     server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
     let task = tokio::spawn(async move {
         cancel.cancelled().await;
         if let Err(e) = server.shutdown_gracefully().await {
             tracing::warn!(error = %e, "DNS server stopped with an error");
         }
+        while udp_tasks.join_next().await.is_some() {}
     });
     tracing::info!(%addr, "DNS serving (UDP and TCP)");
     Ok(Dns { addr, task })
+}
+
+/// The handler as hickory-server's TCP side holds it, shared with the UDP tasks.
+struct Shared(Arc<Handler>);
+
+#[async_trait::async_trait]
+impl hickory_server::server::RequestHandler for Shared {
+    async fn handle_request<
+        R: hickory_server::server::ResponseHandler,
+        T: hickory_server::net::runtime::Time,
+    >(
+        &self,
+        request: &hickory_server::server::Request,
+        response_handle: R,
+    ) -> hickory_server::server::ResponseInfo {
+        self.0
+            .handle_request::<R, T>(request, response_handle)
+            .await
+    }
 }
 
 /// One UDP socket per core on the same port (SO_REUSEPORT: the kernel spreads clients over

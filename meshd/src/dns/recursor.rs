@@ -49,7 +49,7 @@ impl Recursor {
             .collect();
         let mut opts = ResolverOpts::default();
         opts.timeout = UPSTREAM_TIMEOUT;
-        opts.attempts = 2;
+        opts.attempts = 1;
         opts.edns0 = true;
         // Upstream TTLs are honoured by the cache; nothing is kept past them.
         opts.cache_size = 4096;
