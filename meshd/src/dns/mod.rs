@@ -5,12 +5,13 @@
 //! - [`names`]: what a query name asks for;
 //! - [`answer`]: the records for it, from the state;
 //! - [`handler`]: the hickory request handler (checks, dispatch, metrics);
-//! - [`recursor`]: upstream resolvers for foreign names.
+//! - [`recursor`]: upstream resolvers for foreign names;
+//! - `udp`: the UDP loop (TCP is hickory-server's).
 //!
 //! UDP answers are cut to 512 bytes, or the client's EDNS size (at most 4096), with TC set so
-//! the client asks again over TCP, where a message may hold 65,535 bytes. hickory-server reads
-//! each UDP socket in its own task and handles each TCP connection in its own task, with an
-//! idle timeout, so a slow or hostile client holds only its own connection.
+//! the client asks again over TCP, where a message may hold 65,535 bytes. One task reads each
+//! UDP socket and answers in place; hickory-server handles each TCP connection in its own task,
+//! with an idle timeout, so a slow or hostile client holds only its own connection.
 
 pub mod answer;
 pub mod handler;
