@@ -27,6 +27,7 @@
 pub mod binary;
 pub mod check_target;
 pub mod cluster;
+pub mod dig;
 pub mod dump;
 pub mod http;
 pub mod meshd;

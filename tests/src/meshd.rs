@@ -1,11 +1,12 @@
 //! One running `meshd agent --dev` process.
 //!
-//! [`Meshd::start`] spawns the binary with `--http-addr 127.0.0.1:0` and a data dir (a fresh temp
-//! dir unless one is given), and waits (up to [`START_TIMEOUT`]) for the one line meshd prints
-//! on stdout once it serves:
+//! [`Meshd::start`] spawns the binary with `--http-addr 127.0.0.1:0`, `--dns-addr 127.0.0.1:0`
+//! (unless the caller's args hold a `--dns-addr`) and a data dir (a fresh temp dir unless one is
+//! given), and waits (up to [`START_TIMEOUT`]) for the one line meshd prints on stdout once it
+//! serves:
 //!
 //! ```text
-//! ==> meshd serving: http=http://127.0.0.1:PORT node=NAME datacenter=dc1 data_dir=DIR
+//! ==> meshd serving: http=http://127.0.0.1:PORT dns=127.0.0.1:PORT node=NAME datacenter=dc1 data_dir=DIR
 //! ```
 //!
 //! meshd's stderr (its log) goes to a file; the file is printed when a start fails and when a
@@ -74,6 +75,8 @@ pub struct Serving {
     pub node: String,
     pub datacenter: String,
     pub data_dir: String,
+    /// The DNS address (`IP:PORT`, UDP and TCP), when the line has `dns=`.
+    pub dns: Option<String>,
 }
 
 impl Serving {
@@ -85,6 +88,7 @@ impl Serving {
             node: String::new(),
             datacenter: String::new(),
             data_dir: String::new(),
+            dns: None,
         };
         for word in rest.split_whitespace() {
             let Some((k, v)) = word.split_once('=') else {
@@ -95,6 +99,7 @@ impl Serving {
                 "node" => s.node = v.to_string(),
                 "datacenter" => s.datacenter = v.to_string(),
                 "data_dir" => s.data_dir = v.to_string(),
+                "dns" => s.dns = Some(v.to_string()),
                 _ => {}
             }
         }
@@ -177,6 +182,18 @@ impl Meshd {
         hostport
             .parse()
             .unwrap_or_else(|e| panic!("serving line has a bad http address {hostport:?}: {e}"))
+    }
+
+    /// The DNS address (UDP and TCP) from the serving line; panics if the line has no `dns=`.
+    pub fn dns_addr(&self) -> std::net::SocketAddr {
+        let Some(dns) = &self.serving.dns else {
+            panic!(
+                "meshd's serving line has no dns= field (a meshd without DNS?): {:?}",
+                self.serving
+            );
+        };
+        dns.parse()
+            .unwrap_or_else(|e| panic!("serving line has a bad dns address {dns:?}: {e}"))
     }
 
     /// What the serving line said.
@@ -315,6 +332,14 @@ fn spawn_blocking(
         args.push("--node".into());
         args.push(n.clone());
     }
+    let has_dns_addr = opts
+        .args
+        .iter()
+        .any(|a| a == "--dns-addr" || a.starts_with("--dns-addr="));
+    if !has_dns_addr {
+        args.push("--dns-addr".into());
+        args.push("127.0.0.1:0".into());
+    }
     args.extend(opts.args.iter().cloned());
     let _ = writeln!(
         log,
@@ -405,6 +430,15 @@ mod tests {
         assert_eq!(s.node, "n1");
         assert_eq!(s.datacenter, "dc1");
         assert_eq!(s.data_dir, "/tmp/x");
+        assert_eq!(s.dns, None);
         assert!(Serving::parse("some log line").is_none());
+        let s = Serving::parse(
+            "==> meshd serving: http=http://127.0.0.1:41234 dns=127.0.0.1:40001 \
+             quic=127.0.0.1:8301 node=n1 datacenter=dc1 data_dir=/tmp/x role=server",
+        )
+        .expect("a serving line");
+        assert_eq!(s.http, "http://127.0.0.1:41234");
+        assert_eq!(s.dns.as_deref(), Some("127.0.0.1:40001"));
+        assert_eq!(s.node, "n1");
     }
 }
