@@ -179,8 +179,6 @@ async fn import_ca_inner(ctx: Arc<ServerCtx>, root: CaRoot, cancel: Cancellation
 /// does not write a range the cluster already has). Addresses already given keep; new ones
 /// come from `cidr`. Retries until it is done or meshd stops; an invalid `cidr` is logged and
 /// given up (configuration validation should have refused it).
-// Started by `cluster/mod.rs` from the configured range; remove this allow once it is.
-#[allow(dead_code)]
 pub async fn set_virtual_ip_range(ctx: Arc<ServerCtx>, cidr: String, cancel: CancellationToken) {
     let range: Ipv4Cidr = match cidr.parse() {
         Ok(r) => r,

@@ -248,6 +248,11 @@ impl Cluster {
         if let Some(root) = ca_root {
             tasks.spawn(bootstrap::import_ca(ctx.clone(), root, cancel.clone()));
         }
+        tasks.spawn(bootstrap::set_virtual_ip_range(
+            ctx.clone(),
+            cfg.dns.virtual_ip_range.clone(),
+            cancel.clone(),
+        ));
         let hb = Heartbeat {
             node: cfg.node_name.clone(),
             addr: advertise.to_string(),
