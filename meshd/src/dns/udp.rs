@@ -1,0 +1,166 @@
+//! The UDP side of the DNS server: one task per socket (the sockets share the port through
+//! SO_REUSEPORT) reads a datagram, parses it with hickory-server's `Request`, runs the same
+//! [`Handler`] as TCP and writes the answer straight to the socket.
+//!
+//! hickory-server's own UDP loop spawns a task per datagram and passes every answer through a
+//! channel to a sender task; here an answer computed from the local state (nearly all of them)
+//! is written by the reading task itself, and only a query that must wait (a foreign name sent
+//! to a recursor) becomes a task of its own, so a slow upstream never holds the socket.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Context;
+
+use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::Record;
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use hickory_server::net::runtime::TokioTime;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::net::NetError;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponse;
+use tokio::net::UdpSocket;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::handler::Handler;
+
+/// The largest datagram read; longer ones are cut (and then fail to parse).
+const RECV_BUFFER: usize = 4096;
+/// At most this many queries wait on recursors per socket; more are answered SERVFAIL.
+const MAX_PENDING: usize = 1024;
+
+/// Serves one socket until `cancel`.
+pub async fn serve(socket: UdpSocket, handler: Arc<Handler>, cancel: CancellationToken) {
+    let socket = Arc::new(socket);
+    let mut buf = vec![0u8; RECV_BUFFER];
+    let mut pending: JoinSet<()> = JoinSet::new();
+    loop {
+        let (len, src) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    // ICMP errors of earlier sends surface here; the socket stays usable.
+                    tracing::debug!(error = %e, "DNS UDP receive error");
+                    continue;
+                }
+            },
+            _ = cancel.cancelled() => break,
+        };
+        while pending.try_join_next().is_some() {}
+        if src.port() == 0 {
+            continue;
+        }
+        let datagram = &buf[..len];
+        let request = match Request::from_bytes(datagram.to_vec(), src, Protocol::Udp) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::trace!(%src, error = %e, "malformed DNS datagram");
+                if let Some(reply) = form_error(datagram) {
+                    let _ = socket.try_send_to(&reply, src);
+                }
+                continue;
+            }
+        };
+        // Never answer answers (reflection loops).
+        if request.metadata.message_type == MessageType::Response {
+            continue;
+        }
+        let out = Reply {
+            socket: socket.clone(),
+            dst: src,
+        };
+        let h = handler.clone();
+        let mut task: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+            h.handle_request::<_, TokioTime>(&request, out).await;
+        });
+        // Poll once here: an answer from the local state completes at once. One that waits
+        // continues as a task (which polls it again with a real waker).
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if task.as_mut().poll(&mut cx).is_pending() {
+            if pending.len() >= MAX_PENDING {
+                tracing::debug!(%src, "too many DNS queries waiting on recursors; dropping one");
+                continue;
+            }
+            pending.spawn(task);
+        }
+    }
+    pending.shutdown().await;
+}
+
+/// A FORMERR answer to a datagram whose header can be read; `None` if it cannot (or it is
+/// itself an answer).
+fn form_error(datagram: &[u8]) -> Option<Vec<u8>> {
+    let mut decoder = BinDecoder::new(datagram);
+    let header = Header::read(&mut decoder).ok()?;
+    if header.metadata.message_type == MessageType::Response {
+        return None;
+    }
+    let mut metadata = Metadata::response_from_request(&header.metadata);
+    metadata.response_code = ResponseCode::FormErr;
+    let mut out = Vec::with_capacity(12);
+    let mut encoder = BinEncoder::new(&mut out);
+    Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    }
+    .emit(&mut encoder)
+    .ok()?;
+    Some(out)
+}
+
+/// Writes one answer to the socket it came from.
+#[derive(Clone)]
+struct Reply {
+    socket: Arc<UdpSocket>,
+    dst: SocketAddr,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for Reply {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        // As hickory-server encodes UDP: at most the EDNS size we answer with, else 512 bytes;
+        // what does not fit is left out and TC is set.
+        let max = response.edns().map_or(512, |e| e.max_payload().max(512));
+        let id = response.metadata().id;
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(max);
+        let info = match response.destructive_emit(&mut encoder) {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::warn!(error = %e, "encoding a DNS answer failed");
+                bytes.clear();
+                let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+                metadata.response_code = ResponseCode::ServFail;
+                let header = Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                };
+                let mut encoder = BinEncoder::new(&mut bytes);
+                header.emit(&mut encoder)?;
+                ResponseInfo::from(header)
+            }
+        };
+        match self.socket.try_send_to(&bytes, self.dst) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.socket.send_to(&bytes, self.dst).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(info)
+    }
+}
