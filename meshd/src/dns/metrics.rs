@@ -21,6 +21,8 @@ pub struct DnsMetrics {
     pub duration: Histogram,
     pub truncated: Counter,
     pub recursor_errors: Counter,
+    /// UDP datagrams that do not parse as a query (answered FORMERR when their header reads).
+    pub malformed: Counter,
 }
 
 impl DnsMetrics {
@@ -31,6 +33,7 @@ impl DnsMetrics {
             duration: Histogram::new(exponential_buckets(0.00001, 2.0, 16)),
             truncated: Counter::default(),
             recursor_errors: Counter::default(),
+            malformed: Counter::default(),
         };
         registry.register(
             "meshd_dns_queries",
@@ -51,6 +54,11 @@ impl DnsMetrics {
             "meshd_dns_recursor_errors",
             "Queries for foreign names that no recursor answered",
             m.recursor_errors.clone(),
+        );
+        registry.register(
+            "meshd_dns_malformed",
+            "UDP datagrams that did not parse as a DNS query",
+            m.malformed.clone(),
         );
         m
     }

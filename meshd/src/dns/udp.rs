@@ -58,6 +58,7 @@ pub async fn serve(socket: UdpSocket, handler: Arc<Handler>, cancel: Cancellatio
             Ok(r) => r,
             Err(e) => {
                 tracing::trace!(%src, error = %e, "malformed DNS datagram");
+                handler.metrics.malformed.inc();
                 if let Some(reply) = form_error(datagram) {
                     let _ = socket.try_send_to(&reply, src);
                 }
