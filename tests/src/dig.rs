@@ -16,6 +16,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
@@ -139,6 +140,38 @@ impl Dig {
         })
         .await
         .context("the dig task failed")?
+    }
+
+    /// Queries until `pred` holds for an answer and returns that answer; panics after
+    /// `timeout` naming `what` and showing the last answer (or dig's error). Polls every 50 ms
+    /// growing to 250 ms.
+    pub async fn wait_for<F>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        name: &str,
+        qtype: &str,
+        extra: &[&str],
+        mut pred: F,
+    ) -> DigAnswer
+    where
+        F: FnMut(&DigAnswer) -> bool,
+    {
+        let start = Instant::now();
+        let mut poll = Duration::from_millis(50);
+        loop {
+            let last = match self.query(name, qtype, extra).await {
+                Ok(a) if pred(&a) => return a,
+                Ok(a) => a.to_string(),
+                Err(e) => format!("{e:#}"),
+            };
+            let elapsed = start.elapsed();
+            if elapsed >= timeout {
+                panic!("timed out after {timeout:?} waiting until {what}; last answer:\n{last}");
+            }
+            tokio::time::sleep(poll.min(timeout - elapsed)).await;
+            poll = (poll * 2).min(Duration::from_millis(250));
+        }
     }
 
     /// Runs one query; panics (with dig's output) when dig gets no answer.
