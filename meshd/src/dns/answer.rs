@@ -9,9 +9,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use rand::seq::SliceRandom;
+use rand::seq::index::sample;
 use registry::{Node, Service, State, Status};
 
+use super::cache::{Instance, InstanceCache};
 use super::names::{ip_hex, Lookup};
 use crate::config::DnsConfig;
 
@@ -25,6 +26,9 @@ pub struct Zone<'a> {
     pub ns_ip: IpAddr,
     /// The largest message the client takes (bytes). Records that could not fit are not built.
     pub size_limit: usize,
+    /// Which of the domains was asked (0: `domain`, 1: `alt_domain`), for the cache.
+    pub zone: usize,
+    pub cache: &'a InstanceCache,
 }
 
 /// The fewest bytes one SRV answer and its target's A record take on the wire (owner as a
@@ -193,33 +197,31 @@ impl Zone<'_> {
         qname: &Name,
         qtype: RecordType,
     ) -> Option<Answer> {
-        let mut instances = healthy_instances(state, name, tag, self.cfg.only_passing);
+        let index = state.service_index(name);
+        let instances = self.cache.get(self.zone, name, tag, index, || {
+            healthy_instances(state, name, tag, self.cfg.only_passing)
+                .iter()
+                .filter_map(|i| self.instance(i))
+                .collect()
+        });
         if instances.is_empty() {
             // As Consul: a service without a healthy instance does not exist.
             return None;
         }
-        instances.shuffle(&mut rand::rng());
-        // Past this many, records cannot fit in the message: the encoder would drop them.
-        if qtype == RecordType::SRV {
-            instances.truncate(self.size_limit / MIN_SRV_BYTES + 1);
-        }
         let ttl = self.cfg.service_ttl(name);
+        let mut rng = rand::rng();
         let mut answers = Vec::new();
         let mut additionals = Vec::new();
         match qtype {
             RecordType::SRV => {
-                for inst in &instances {
-                    let Some((target, ip)) = self.srv_target(inst) else {
-                        continue;
-                    };
-                    let weight = match inst.status {
-                        Status::Warning => inst.service.weights.warning,
-                        _ => inst.service.weights.passing,
-                    }
-                    .min(u16::MAX as u32) as u16;
-                    let srv = SRV::new(1, weight, inst.service.port, target.clone());
+                // Past this many, records cannot fit in the message: the encoder would drop
+                // them, so they are not built. The sample is in random order.
+                let fit = (self.size_limit / MIN_SRV_BYTES + 1).min(instances.len());
+                for i in sample(&mut rng, instances.len(), fit) {
+                    let inst = &instances[i];
+                    let srv = SRV::new(1, inst.weight, inst.port, inst.target.clone());
                     answers.push(Record::from_rdata(qname.clone(), ttl, RData::SRV(srv)));
-                    additionals.extend(address_record(target, ip, ttl));
+                    additionals.extend(address_record(inst.target.clone(), inst.ip, ttl));
                 }
             }
             RecordType::A | RecordType::AAAA | RecordType::ANY => {
@@ -229,8 +231,8 @@ impl Zone<'_> {
                     0 => fit,
                     n => fit.min(n as usize),
                 };
-                for inst in &instances {
-                    let Some(ip) = inst.ip() else { continue };
+                for i in sample(&mut rng, instances.len(), instances.len()) {
+                    let ip = instances[i].ip;
                     let wanted = match ip {
                         IpAddr::V4(_) => qtype != RecordType::AAAA,
                         IpAddr::V6(_) => qtype != RecordType::A,
@@ -248,9 +250,25 @@ impl Zone<'_> {
         Some(Answer::records(answers, additionals))
     }
 
+    /// An instance as answers use it; `None` if it has no IP address.
+    fn instance(&self, inst: &HealthyInstance<'_>) -> Option<Instance> {
+        let (target, ip) = self.srv_target(inst)?;
+        let weight = match inst.status {
+            Status::Warning => inst.service.weights.warning,
+            _ => inst.service.weights.passing,
+        }
+        .min(u16::MAX as u32) as u16;
+        Some(Instance {
+            ip,
+            port: inst.service.port,
+            weight,
+            target,
+        })
+    }
+
     /// Consul's SRV target: `<hex>.addr.<dc>.<domain>` when the instance has its own address,
     /// else `<node>.node.<dc>.<domain>`; with the address the target resolves to.
-    fn srv_target(&self, inst: &Instance<'_>) -> Option<(Name, IpAddr)> {
+    fn srv_target(&self, inst: &HealthyInstance<'_>) -> Option<(Name, IpAddr)> {
         let ip = inst.ip()?;
         let own = !inst.service.address.is_empty() && inst.service.address != inst.node.address;
         let label = if own {
@@ -262,14 +280,14 @@ impl Zone<'_> {
     }
 }
 
-/// One healthy instance.
-pub struct Instance<'a> {
+/// One healthy instance in the registry.
+pub struct HealthyInstance<'a> {
     pub node: &'a Node,
     pub service: &'a Service,
     pub status: Status,
 }
 
-impl Instance<'_> {
+impl HealthyInstance<'_> {
     /// The service's address, else its node's.
     pub fn ip(&self) -> Option<IpAddr> {
         let a = if self.service.address.is_empty() {
@@ -289,7 +307,7 @@ pub fn healthy_instances<'a>(
     name: &str,
     tag: Option<&str>,
     only_passing: bool,
-) -> Vec<Instance<'a>> {
+) -> Vec<HealthyInstance<'a>> {
     let worst_allowed = if only_passing {
         Status::Passing
     } else {
@@ -328,7 +346,7 @@ pub fn healthy_instances<'a>(
                     .unwrap_or(Status::Passing),
             );
             if status <= worst_allowed {
-                out.push(Instance {
+                out.push(HealthyInstance {
                     node,
                     service,
                     status,

@@ -114,6 +114,8 @@ fn ask(st: &State, cfg: &DnsConfig, name: &str, qtype: RecordType, limit: usize)
         datacenter: "dc1",
         ns_ip: "127.0.0.1".parse().unwrap(),
         size_limit: limit,
+        zone: 0,
+        cache: &InstanceCache::default(),
     };
     z.answer(st, &lookup, &Name::from_ascii(name).unwrap(), qtype)
 }

@@ -13,6 +13,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 
 use super::answer::Zone;
+use super::cache::InstanceCache;
 use super::metrics::{DnsMetrics, QueryLabels};
 use super::names::{self, Parsed};
 use super::recursor::Recursor;
@@ -30,6 +31,7 @@ pub struct Handler {
     pub ns_ip: IpAddr,
     pub recursor: Option<Recursor>,
     pub metrics: DnsMetrics,
+    pub cache: InstanceCache,
 }
 
 /// The records of a response, owned until it is encoded.
@@ -94,6 +96,8 @@ impl Handler {
                     datacenter: &self.datacenter,
                     ns_ip: self.ns_ip,
                     size_limit: size_limit as usize,
+                    zone,
+                    cache: &self.cache,
                 };
                 let a = {
                     let state = self.store.read();

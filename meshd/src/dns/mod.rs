@@ -14,6 +14,7 @@
 //! with an idle timeout, so a slow or hostile client holds only its own connection.
 
 pub mod answer;
+mod cache;
 pub mod handler;
 pub mod metrics;
 pub mod names;
@@ -78,6 +79,7 @@ pub async fn start(
         ns_ip,
         recursor,
         metrics,
+        cache: Default::default(),
     };
     let handler = Arc::new(handler);
     let mut udp_tasks = tokio::task::JoinSet::new();
