@@ -383,9 +383,15 @@ pub struct DigAnswer {
     pub answer: Vec<DnsRecord>,
     pub authority: Vec<DnsRecord>,
     pub additional: Vec<DnsRecord>,
-    /// How many answers dig printed (a retry over TCP after TC prints two); the fields above
-    /// are the last one's.
+    /// How many answers dig printed; the fields above are the last one's.
     pub messages: usize,
+    /// dig said `;; Truncated, retrying in TCP mode.` (it got TC over UDP and asked again over
+    /// TCP; the UDP answer is not printed, the fields above are the TCP answer's).
+    pub retried_tcp: bool,
+    /// `;; MSG SIZE  rcvd: N` (with `+stats`): the size of the answer in bytes.
+    pub msg_size: Option<usize>,
+    /// The transport of `;; SERVER: ... (UDP)` (with `+stats`): `UDP` or `TCP`.
+    pub transport: Option<String>,
     /// dig's whole output.
     pub raw: String,
 }
@@ -414,9 +420,11 @@ impl DigAnswer {
                 // A new message: start over (dig retried over TCP).
                 let raw = std::mem::take(&mut a.raw);
                 let messages = a.messages + 1;
+                let retried_tcp = a.retried_tcp;
                 a = DigAnswer {
                     raw,
                     messages,
+                    retried_tcp,
                     ..DigAnswer::default()
                 };
                 section = Section::None;
@@ -453,6 +461,22 @@ impl DigAnswer {
                         _ => {}
                     }
                 }
+                continue;
+            }
+            if t.starts_with(";; Truncated, retrying in TCP mode") {
+                a.retried_tcp = true;
+                continue;
+            }
+            if let Some(n) = t.strip_prefix(";; MSG SIZE") {
+                a.msg_size = n.rsplit_once(':').and_then(|(_, v)| v.trim().parse().ok());
+                continue;
+            }
+            if let Some(server) = t.strip_prefix(";; SERVER:") {
+                a.transport = server
+                    .trim_end()
+                    .strip_suffix(')')
+                    .and_then(|x| x.rsplit_once('('))
+                    .map(|(_, proto)| proto.to_string());
                 continue;
             }
             if let Some(w) = t.strip_prefix(";; WARNING:") {
@@ -681,16 +705,6 @@ n1.node.mesh.\t\t7\tIN\tTXT\t\"note=a \\\"b\\\" c\" \"x\\032y\"
 ";
 
     const RETRIED_OUTPUT: &str = "\
-;; Got answer:
-;; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: 5
-;; flags: qr aa tc rd; QUERY: 1, ANSWER: 1, AUTHORITY: 0, ADDITIONAL: 0
-
-;; QUESTION SECTION:
-;big.service.mesh.\t\tIN\tA
-
-;; ANSWER SECTION:
-big.service.mesh.\t0\tIN\tA\t10.0.0.1
-
 ;; Truncated, retrying in TCP mode.
 ;; Got answer:
 ;; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: 6
@@ -794,10 +808,41 @@ big.service.mesh.\t0\tIN\tA\t10.0.0.2
         assert_eq!(a.answer[0].ttl, 7);
     }
 
+    const STATS_OUTPUT: &str = "\
+;; Got answer:
+;; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: 59918
+;; flags: qr aa tc rd; QUERY: 1, ANSWER: 28, AUTHORITY: 0, ADDITIONAL: 0
+;; WARNING: recursion requested but not available
+;; WARNING: Message has 13 extra bytes at end
+
+;; Query time: 0 msec
+;; SERVER: 127.0.0.1#60555(127.0.0.1) (UDP)
+;; WHEN: Sun Nov 22 07:14:36 UTC 2026
+;; MSG SIZE  rcvd: 511
+
+";
+
     #[test]
-    fn keeps_the_last_message_of_a_tcp_retry() {
+    fn parses_stats() {
+        let a = DigAnswer::parse(STATS_OUTPUT).expect("parses");
+        assert_eq!(a.msg_size, Some(511));
+        assert_eq!(a.transport.as_deref(), Some("UDP"));
+        assert_eq!(a.counts, [1, 28, 0, 0]);
+        assert_eq!(
+            a.warnings,
+            vec![
+                "recursion requested but not available",
+                "Message has 13 extra bytes at end"
+            ]
+        );
+        assert!(a.truncated());
+    }
+
+    #[test]
+    fn sees_a_tcp_retry() {
         let a = DigAnswer::parse(RETRIED_OUTPUT).expect("parses");
-        assert_eq!(a.messages, 2);
+        assert!(a.retried_tcp);
+        assert_eq!(a.messages, 1);
         assert_eq!(a.id, 6);
         assert!(!a.truncated());
         assert_eq!(a.rdatas("A"), vec!["10.0.0.1", "10.0.0.2"]);
