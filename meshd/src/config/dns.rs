@@ -15,6 +15,8 @@ use crate::duration::parse_go_duration;
 pub const DEFAULT_DNS_ADDR: &str = "127.0.0.1:8600";
 pub const DEFAULT_DOMAIN: &str = "mesh";
 pub const DEFAULT_VIRTUAL_IP_RANGE: &str = "127.100.0.0/16";
+/// As Consul's `dns_config.recursor_timeout`.
+pub const DEFAULT_RECURSOR_TIMEOUT: Duration = Duration::from_secs(2);
 /// Port of a recursor given as a bare IP.
 const DNS_PORT: u16 = 53;
 
@@ -31,6 +33,8 @@ pub struct FileDnsConfig {
     pub node_ttl: Option<String>,
     /// At most this many A/AAAA records in an answer (0: no limit).
     pub a_record_limit: Option<u32>,
+    /// How long a recursor may take to answer (Go duration, default 2s).
+    pub recursor_timeout: Option<String>,
 }
 
 /// The validated DNS configuration.
@@ -48,6 +52,7 @@ pub struct DnsConfig {
     pub service_ttl: BTreeMap<String, Duration>,
     pub node_ttl: Duration,
     pub a_record_limit: u32,
+    pub recursor_timeout: Duration,
     /// Servers: the range virtual IPs are taken from.
     pub virtual_ip_range: String,
 }
@@ -78,6 +83,7 @@ impl Default for DnsConfig {
             service_ttl: BTreeMap::new(),
             node_ttl: Duration::ZERO,
             a_record_limit: 0,
+            recursor_timeout: DEFAULT_RECURSOR_TIMEOUT,
             virtual_ip_range: DEFAULT_VIRTUAL_IP_RANGE.into(),
         }
     }
@@ -212,6 +218,29 @@ pub(super) fn build(
             .map_err(|e| invalid(false, "dns_config.node_ttl", raw.clone(), e.to_string()))?,
     };
 
+    let recursor_timeout = match &dc.recursor_timeout {
+        None => DEFAULT_RECURSOR_TIMEOUT,
+        Some(raw) => match parse_go_duration(raw) {
+            Ok(d) if d >= Duration::from_millis(10) => d,
+            Ok(_) => {
+                return Err(invalid(
+                    false,
+                    "dns_config.recursor_timeout",
+                    raw.clone(),
+                    "must be at least 10ms".into(),
+                ))
+            }
+            Err(e) => {
+                return Err(invalid(
+                    false,
+                    "dns_config.recursor_timeout",
+                    raw.clone(),
+                    e.to_string(),
+                ))
+            }
+        },
+    };
+
     let virtual_ip_range = file
         .virtual_ip_range
         .clone()
@@ -236,6 +265,7 @@ pub(super) fn build(
         service_ttl,
         node_ttl,
         a_record_limit: dc.a_record_limit.unwrap_or(0),
+        recursor_timeout,
         virtual_ip_range,
     })
 }

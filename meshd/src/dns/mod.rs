@@ -68,7 +68,7 @@ pub async fn start(
     metrics: DnsMetrics,
     cancel: CancellationToken,
 ) -> anyhow::Result<Dns> {
-    let recursor = recursor::Recursor::new(&cfg.recursors)
+    let recursor = recursor::Recursor::new(&cfg.recursors, cfg.recursor_timeout)
         .map_err(|e| anyhow::anyhow!("configuring the DNS recursors: {e}"))?;
     let (udp, tcp) = bind(cfg.addr)?;
     let addr = tcp.local_addr()?;

@@ -11,9 +11,6 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::TokioResolver;
 
-/// How long one upstream attempt may take.
-const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// What an upstream said.
 pub struct Forwarded {
     pub rcode: ResponseCode,
@@ -29,7 +26,7 @@ pub struct Recursor {
 
 impl Recursor {
     /// `None` when no recursor is configured.
-    pub fn new(upstreams: &[SocketAddr]) -> Result<Option<Recursor>, NetError> {
+    pub fn new(upstreams: &[SocketAddr], timeout: Duration) -> Result<Option<Recursor>, NetError> {
         if upstreams.is_empty() {
             return Ok(None);
         }
@@ -48,7 +45,7 @@ impl Recursor {
             })
             .collect();
         let mut opts = ResolverOpts::default();
-        opts.timeout = UPSTREAM_TIMEOUT;
+        opts.timeout = timeout;
         opts.attempts = 1;
         opts.edns0 = true;
         // Upstream TTLs are honoured by the cache; nothing is kept past them.
