@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use rand::seq::index::sample;
 use registry::{Node, Service, State, Status};
@@ -133,6 +133,31 @@ impl Zone<'_> {
             Some(a) if a.answers.is_empty() && a.rcode == ResponseCode::NoError => self.no_data(),
             Some(a) => a,
         }
+    }
+
+    /// PTR records for an address the registry knows: nodes at it, services with it as their
+    /// own address, and the service whose virtual IP it is. Empty when it knows none.
+    pub fn reverse(&self, state: &State, ip: IpAddr, qname: &Name) -> Vec<Record> {
+        let mut targets = std::collections::BTreeSet::new();
+        let text = ip.to_string();
+        for node in state.nodes().filter(|n| n.address == text) {
+            targets.insert(format!("{}.node.{}", node.node, self.datacenter));
+            for s in state.node_services(&node.node) {
+                if s.address.is_empty() || s.address == text {
+                    targets.insert(format!("{}.service.{}", s.service, self.datacenter));
+                }
+            }
+        }
+        if let IpAddr::V4(v4) = ip {
+            for v in state.virtual_ips().filter(|v| v.ip == v4) {
+                targets.insert(format!("{}.virtual", v.service));
+            }
+        }
+        targets
+            .iter()
+            .filter_map(|t| self.name(t))
+            .map(|t| Record::from_rdata(qname.clone(), self.cfg.node_ttl(), RData::PTR(PTR(t))))
+            .collect()
     }
 
     fn apex(&self, qname: &Name, qtype: RecordType) -> Option<Answer> {

@@ -298,3 +298,35 @@ fn apex_soa_and_ns() {
     let missing = ask(&st, &cfg, "nothing.mesh.", RecordType::A, 512);
     assert_eq!(missing.rcode, ResponseCode::NXDomain);
 }
+
+#[test]
+fn reverse_lookups_name_nodes_services_and_virtual_ips() {
+    let st = state();
+    let cfg = DnsConfig::default();
+    let cache = InstanceCache::default();
+    let z = Zone {
+        cfg: &cfg,
+        domain: "mesh",
+        datacenter: "dc1",
+        ns_ip: "127.0.0.1".parse().unwrap(),
+        size_limit: 65535,
+        zone: 0,
+        cache: &cache,
+    };
+    let q = Name::from_ascii("1.0.0.10.in-addr.arpa.").unwrap();
+    let mut got: Vec<String> = z
+        .reverse(&st, "10.0.0.1".parse().unwrap(), &q)
+        .iter()
+        .map(|r| r.data.to_string())
+        .collect();
+    got.sort();
+    assert_eq!(got, vec!["n1.node.dc1.mesh.", "web.service.dc1.mesh."]);
+    let vip = st.virtual_ip("web").expect("web has a virtual IP");
+    let got: Vec<String> = z
+        .reverse(&st, IpAddr::V4(vip), &q)
+        .iter()
+        .map(|r| r.data.to_string())
+        .collect();
+    assert_eq!(got, vec!["web.virtual.mesh."]);
+    assert!(z.reverse(&st, "192.0.2.1".parse().unwrap(), &q).is_empty());
+}

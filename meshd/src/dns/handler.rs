@@ -112,25 +112,61 @@ impl Handler {
                 };
                 (reply, Some(qtype))
             }
-            Parsed::Foreign => match &self.recursor {
-                None => (Reply::code(ResponseCode::Refused), Some(qtype)),
-                Some(r) => match r.forward(qname, qtype).await {
-                    Ok(f) => (
-                        Reply {
-                            rcode: f.rcode,
-                            authoritative: false,
-                            answers: f.answers,
-                            authorities: f.authorities,
-                            additionals: f.additionals,
-                        },
-                        Some(qtype),
-                    ),
-                    Err(e) => {
-                        self.metrics.recursor_errors.inc();
-                        tracing::debug!(name = %text, error = %e, "no recursor answered");
-                        (Reply::code(ResponseCode::ServFail), Some(qtype))
-                    }
-                },
+            Parsed::Reverse(ip) if matches!(qtype, RecordType::PTR | RecordType::ANY) => {
+                let z = Zone {
+                    cfg: &self.cfg,
+                    domain: &self.cfg.domain,
+                    datacenter: &self.datacenter,
+                    ns_ip: self.ns_ip,
+                    size_limit: u16::MAX as usize,
+                    zone: 0,
+                    cache: &self.cache,
+                };
+                let answers = {
+                    let state = self.store.read();
+                    z.reverse(&state, ip, &qname)
+                };
+                if answers.is_empty() {
+                    self.foreign(qname, qtype, &text).await
+                } else {
+                    let reply = Reply {
+                        rcode: ResponseCode::NoError,
+                        authoritative: true,
+                        answers,
+                        ..Reply::default()
+                    };
+                    (reply, Some(qtype))
+                }
+            }
+            Parsed::Reverse(_) | Parsed::Foreign => self.foreign(qname, qtype, &text).await,
+        }
+    }
+
+    /// A name that is not ours: to the recursors, or refused.
+    async fn foreign(
+        &self,
+        qname: Name,
+        qtype: RecordType,
+        text: &str,
+    ) -> (Reply, Option<RecordType>) {
+        match &self.recursor {
+            None => (Reply::code(ResponseCode::Refused), Some(qtype)),
+            Some(r) => match r.forward(qname, qtype).await {
+                Ok(f) => (
+                    Reply {
+                        rcode: f.rcode,
+                        authoritative: false,
+                        answers: f.answers,
+                        authorities: f.authorities,
+                        additionals: f.additionals,
+                    },
+                    Some(qtype),
+                ),
+                Err(e) => {
+                    self.metrics.recursor_errors.inc();
+                    tracing::debug!(name = %text, error = %e, "no recursor answered");
+                    (Reply::code(ResponseCode::ServFail), Some(qtype))
+                }
             },
         }
     }

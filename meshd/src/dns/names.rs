@@ -32,6 +32,8 @@ pub enum Lookup {
 pub enum Parsed {
     /// Inside domain number `zone` (0: `domain`, 1: `alt_domain`).
     Ours { zone: usize, lookup: Lookup },
+    /// A reverse name (`in-addr.arpa`, `ip6.arpa`) of a full address.
+    Reverse(IpAddr),
     /// Outside every domain we serve.
     Foreign,
 }
@@ -56,7 +58,31 @@ pub fn parse(name: &str, domains: &[&str], dc: &str) -> Parsed {
             }
         }
     }
-    Parsed::Foreign
+    reverse(&name).map_or(Parsed::Foreign, Parsed::Reverse)
+}
+
+/// `4.3.2.1.in-addr.arpa` → 1.2.3.4; 32 nibbles under `ip6.arpa` → an IPv6 address.
+fn reverse(name: &str) -> Option<IpAddr> {
+    if let Some(rest) = name.strip_suffix(".in-addr.arpa") {
+        let mut octets = [0u8; 4];
+        let labels: Vec<&str> = rest.split('.').collect();
+        if labels.len() != 4 {
+            return None;
+        }
+        for (i, l) in labels.iter().rev().enumerate() {
+            octets[i] = l.parse().ok()?;
+        }
+        return Some(IpAddr::V4(Ipv4Addr::from(octets)));
+    }
+    let rest = name.strip_suffix(".ip6.arpa")?;
+    let nibbles: Vec<&str> = rest.split('.').collect();
+    if nibbles.len() != 32 || nibbles.iter().any(|n| n.len() != 1) {
+        return None;
+    }
+    let hex: String = nibbles.iter().rev().copied().collect();
+    u128::from_str_radix(&hex, 16)
+        .ok()
+        .map(|v| IpAddr::V6(Ipv6Addr::from(v)))
 }
 
 const KINDS: [&str; 4] = ["service", "node", "addr", "virtual"];
@@ -157,7 +183,7 @@ mod tests {
     fn ours(name: &str) -> Lookup {
         match parse(name, D, "dc1") {
             Parsed::Ours { lookup, .. } => lookup,
-            Parsed::Foreign => panic!("{name} should be ours"),
+            other => panic!("{name} should be ours, not {other:?}"),
         }
     }
 
@@ -220,6 +246,21 @@ mod tests {
                 lookup: svc("web", None)
             }
         );
+    }
+
+    #[test]
+    fn reverse_names() {
+        assert_eq!(
+            parse("5.0.0.10.in-addr.arpa.", D, "dc1"),
+            Parsed::Reverse("10.0.0.5".parse().unwrap())
+        );
+        let v6 = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.";
+        assert_eq!(
+            parse(v6, D, "dc1"),
+            Parsed::Reverse("fd00::1".parse().unwrap())
+        );
+        assert_eq!(parse("0.10.in-addr.arpa.", D, "dc1"), Parsed::Foreign);
+        assert_eq!(parse("x.0.0.10.in-addr.arpa.", D, "dc1"), Parsed::Foreign);
     }
 
     #[test]
