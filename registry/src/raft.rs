@@ -270,6 +270,7 @@ impl Registry {
         let disk = Disk::open(db.clone(), &path).map_err(|e| store_error(&path, e))?;
         let logs = LogStore::open_with_metrics(&db, disk.clone(), metrics.clone(), holder.clone())
             .map_err(|e| store_error(&path, e))?;
+        logs.remove_purged().map_err(|e| store_error(&path, e))?;
         let stats = logs.verify().map_err(|e| store_error(&path, e))?;
         let sm = StateMachineStore::open_with_metrics(&db, disk, metrics.clone(), holder.clone())
             .map_err(|e| store_error(&path, e))?;

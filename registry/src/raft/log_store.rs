@@ -151,6 +151,31 @@ impl LogStore {
         })
     }
 
+    /// Deletes the entries at or before the purge point. `purge` records the point before it
+    /// deletes, so a crash in between leaves such entries behind; nothing reads them, and they
+    /// would break the check that entries follow the purge point. Returns how many went.
+    pub fn remove_purged(&self) -> Result<u64, StoreError> {
+        let Some(purged) = self.get_meta::<LogId>(LAST_PURGED)? else {
+            return Ok(0);
+        };
+        let mut batch = sled::Batch::default();
+        let mut removed = 0u64;
+        for item in self.logs.range(..=index_key(purged.index)) {
+            let (k, _) = item?;
+            batch.remove(k);
+            removed += 1;
+        }
+        if removed > 0 {
+            self.logs.apply_batch(batch)?;
+            tracing::info!(
+                removed,
+                last_purged = purged.index,
+                "removed log entries left behind by an interrupted purge"
+            );
+        }
+        Ok(removed)
+    }
+
     /// Reads every stored record and checks it: the meta values decode, every log entry decodes
     /// and sits under its own index, the indexes are consecutive and follow the last purged one.
     pub fn verify(&self) -> Result<LogStats, StoreError> {
@@ -345,5 +370,39 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.metrics.purged.inc_by(removed);
         tracing::debug!(%log_id, removed, "purged log entries");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    #[tokio::test]
+    async fn entries_left_by_an_interrupted_purge_are_removed_at_open() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let db = sled::open(dir.path()).expect("sled");
+        let logs = LogStore::open(&db, dir.path()).expect("log store");
+        for i in 1..=5 {
+            let entry = Entry {
+                log_id: log_id(i),
+                payload: EntryPayload::Blank,
+            };
+            let value = serde_json::to_vec(&entry).expect("encode");
+            logs.logs.insert(index_key(i), value).expect("insert");
+        }
+        // `purge` recorded its point, then the process died before deleting.
+        logs.put_meta(LAST_PURGED, &log_id(3)).expect("meta");
+        assert!(logs.verify().is_err(), "entries 1..=3 are dead but present");
+        assert_eq!(logs.remove_purged().expect("remove"), 3);
+        let stats = logs.verify().expect("consistent after the cleanup");
+        assert_eq!(stats.first_index, Some(4));
+        assert_eq!(stats.last_index, Some(5));
+        assert_eq!(logs.remove_purged().expect("again"), 0);
     }
 }
