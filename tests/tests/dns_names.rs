@@ -4,7 +4,8 @@
 //! records in the additional section (`<node>.node.dc1.mesh.` or `<hex>.addr.dc1.mesh.`),
 //! `<node>.node` A and TXT (node meta), `<hex>.addr`, the datacenter label, `<svc>.virtual`,
 //! the zone's SOA and NS, `--alt-domain`, TTLs from `dns_config`, `a_record_limit`,
-//! `only_passing`, case-insensitivity and shuffling.
+//! `only_passing`, case-insensitivity and shuffling; `domain`, `alt_domain` and `recursors`
+//! from the config file.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -705,4 +706,69 @@ async fn answers_are_shuffled() {
         first_srv.len() > 1,
         "30 SRV answers all start with the same record: {first_srv:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_alt_domain_and_recursors_from_the_config_file() {
+    // The upstream: a meshd answering for `other`.
+    let upstream = Meshd::start(MeshdOptions::default().arg("--domain").arg("other")).await;
+    register(
+        upstream.api(),
+        json!({"ID": "up-1", "Name": "up", "Port": 80, "Address": "10.13.0.9"}),
+    )
+    .await;
+    Dig::new(upstream.dns_addr())
+        .wait_for(
+            VISIBLE,
+            "the upstream answers up.service.other",
+            "up.service.other",
+            "A",
+            &[],
+            |a| a.rdatas("A") == ["10.13.0.9"],
+        )
+        .await;
+
+    let env = Env::start(
+        &format!(
+            "domain = \"Corp.\"\nalt_domain = \"consul\"\nrecursors = [\"{}\"]\n",
+            upstream.dns_addr()
+        ),
+        &[],
+    )
+    .await;
+    register(
+        env.api(),
+        json!({"ID": "web-1", "Name": "web", "Port": 80, "Address": "10.13.0.1"}),
+    )
+    .await;
+    let a = env.wait_answer("web.service.corp", "A").await;
+    assert_eq!(a.rdatas("A"), vec!["10.13.0.1"], "{a}");
+    let a = env.q("web.service.consul", "A").await;
+    assert_eq!(a.rdatas("A"), vec!["10.13.0.1"], "{a}");
+    let a = env.q("_web._tcp.service.corp", "SRV").await;
+    assert_eq!(
+        a.srvs().into_iter().map(|s| s.target).collect::<Vec<_>>(),
+        vec!["0a0d0001.addr.dc1.corp."],
+        "{a}"
+    );
+    let a = env.q("corp", "SOA").await;
+    let soa = a
+        .answer
+        .iter()
+        .find_map(|r| r.soa())
+        .unwrap_or_else(|| panic!("no SOA:\n{a}"));
+    assert_eq!(soa.mname, "ns.corp.", "{a}");
+    let a = env.q("nosuch.service.corp", "A").await;
+    assert_nxdomain(&a, "corp");
+
+    // `mesh` is no longer ours: it goes to the recursor, which refuses it.
+    let a = env.q("web.service.mesh", "A").await;
+    assert_eq!(
+        a.status, "REFUSED",
+        "`mesh` forwarded and refused upstream:\n{a}"
+    );
+    // The recursor's own names come back.
+    let a = env.q("up.service.other", "A").await;
+    assert_eq!(a.status, "NOERROR", "{a}");
+    assert_eq!(a.rdatas("A"), vec!["10.13.0.9"], "{a}");
 }
