@@ -24,18 +24,33 @@ pub struct Zone<'a> {
     pub datacenter: &'a str,
     /// The address `ns.<domain>` resolves to (this agent's).
     pub ns_ip: IpAddr,
-    /// The largest message the client takes (bytes). Records that could not fit are not built.
+    /// The largest message the client takes (bytes). Records that would not fit are left out
+    /// (and the answer marked truncated), so the encoder never has to cut a message.
     pub size_limit: usize,
     /// Which of the domains was asked (0: `domain`, 1: `alt_domain`), for the cache.
     pub zone: usize,
     pub cache: &'a InstanceCache,
 }
 
-/// The fewest bytes one SRV answer and its target's A record take on the wire (owner as a
-/// compression pointer, the shortest target, a compressed A record).
-const MIN_SRV_BYTES: usize = 38;
-/// The fewest bytes of one A record (owner as a compression pointer).
-const MIN_A_BYTES: usize = 16;
+/// Bytes of a message besides its records, at most: header (12), the OPT record (11), and the
+/// question's type and class (4); the question's name is added per query.
+const MESSAGE_OVERHEAD: usize = 27;
+/// Fixed bytes of a resource record: type, class, TTL, RDLENGTH.
+const RR_FIXED: usize = 10;
+/// An answer record's owner is the question's name: a 2-byte compression pointer.
+const OWNER_POINTER: usize = 2;
+
+/// The most bytes `name` takes on the wire (uncompressed).
+fn wire_len(name: &Name) -> usize {
+    name.iter().map(|l| l.len() + 1).sum::<usize>() + 1
+}
+
+fn address_bytes(ip: IpAddr) -> usize {
+    match ip {
+        IpAddr::V4(_) => 4,
+        IpAddr::V6(_) => 16,
+    }
+}
 
 /// An answer before it is encoded.
 #[derive(Debug)]
@@ -45,6 +60,8 @@ pub struct Answer {
     pub additionals: Vec<Record>,
     /// The zone's SOA, in the authority section of negative answers.
     pub soa: Option<Record>,
+    /// Records were left out because the message would not hold them (TC).
+    pub truncated: bool,
 }
 
 impl Answer {
@@ -54,6 +71,7 @@ impl Answer {
             answers,
             additionals,
             soa: None,
+            truncated: false,
         }
     }
 }
@@ -92,6 +110,7 @@ impl Zone<'_> {
             answers: Vec::new(),
             additionals: Vec::new(),
             soa: self.soa(),
+            truncated: false,
         }
     }
 
@@ -101,6 +120,7 @@ impl Zone<'_> {
             answers: Vec::new(),
             additionals: Vec::new(),
             soa: self.soa(),
+            truncated: false,
         }
     }
 
@@ -140,10 +160,18 @@ impl Zone<'_> {
     pub fn reverse(&self, state: &State, ip: IpAddr, qname: &Name) -> Vec<Record> {
         let mut targets = std::collections::BTreeSet::new();
         let text = ip.to_string();
-        for node in state.nodes().filter(|n| n.address == text) {
-            targets.insert(format!("{}.node.{}", node.node, self.datacenter));
+        for node in state.nodes() {
+            let node_here = node.address == text;
+            if node_here {
+                targets.insert(format!("{}.node.{}", node.node, self.datacenter));
+            }
             for s in state.node_services(&node.node) {
-                if s.address.is_empty() || s.address == text {
+                let here = if s.address.is_empty() {
+                    node_here
+                } else {
+                    s.address == text
+                };
+                if here {
                     targets.insert(format!("{}.service.{}", s.service, self.datacenter));
                 }
             }
@@ -237,13 +265,21 @@ impl Zone<'_> {
         let mut rng = rand::rng();
         let mut answers = Vec::new();
         let mut additionals = Vec::new();
+        // Records are added while they surely fit (sizes counted uncompressed); the first one
+        // that might not ends the answer, marked truncated.
+        let mut budget = self
+            .size_limit
+            .saturating_sub(MESSAGE_OVERHEAD + wire_len(qname));
+        let mut truncated = false;
         match qtype {
             RecordType::SRV => {
-                // Past this many, records cannot fit in the message: the encoder would drop
-                // them, so they are not built. The sample is in random order.
-                let fit = (self.size_limit / MIN_SRV_BYTES + 1).min(instances.len());
-                for i in sample(&mut rng, instances.len(), fit) {
+                for i in sample(&mut rng, instances.len(), instances.len()) {
                     let inst = &instances[i];
+                    if inst.srv_bytes > budget {
+                        truncated = true;
+                        break;
+                    }
+                    budget -= inst.srv_bytes;
                     let srv = SRV::new(1, inst.weight, inst.port, inst.target.clone());
                     answers.push(Record::from_rdata(qname.clone(), ttl, RData::SRV(srv)));
                     additionals.extend(address_record(inst.target.clone(), inst.ip, ttl));
@@ -251,10 +287,9 @@ impl Zone<'_> {
             }
             RecordType::A | RecordType::AAAA | RecordType::ANY => {
                 let mut seen = std::collections::HashSet::new();
-                let fit = self.size_limit / MIN_A_BYTES + 1;
                 let limit = match self.cfg.a_record_limit {
-                    0 => fit,
-                    n => fit.min(n as usize),
+                    0 => usize::MAX,
+                    n => n as usize,
                 };
                 for i in sample(&mut rng, instances.len(), instances.len()) {
                     let ip = instances[i].ip;
@@ -262,17 +297,26 @@ impl Zone<'_> {
                         IpAddr::V4(_) => qtype != RecordType::AAAA,
                         IpAddr::V6(_) => qtype != RecordType::A,
                     };
-                    if wanted && seen.insert(ip) {
-                        answers.extend(address_record(qname.clone(), ip, ttl));
-                        if answers.len() >= limit {
-                            break;
-                        }
+                    if !wanted || !seen.insert(ip) {
+                        continue;
                     }
+                    if answers.len() >= limit {
+                        break;
+                    }
+                    let bytes = OWNER_POINTER + RR_FIXED + address_bytes(ip);
+                    if bytes > budget {
+                        truncated = true;
+                        break;
+                    }
+                    budget -= bytes;
+                    answers.extend(address_record(qname.clone(), ip, ttl));
                 }
             }
             _ => {}
         }
-        Some(Answer::records(answers, additionals))
+        let mut a = Answer::records(answers, additionals);
+        a.truncated = truncated;
+        Some(a)
     }
 
     /// An instance as answers use it; `None` if it has no IP address.
@@ -283,11 +327,20 @@ impl Zone<'_> {
             _ => inst.service.weights.passing,
         }
         .min(u16::MAX as u32) as u16;
+        // The SRV record (owner compressed, target not: RFC 2782) and the target's A record.
+        let srv_bytes = OWNER_POINTER
+            + RR_FIXED
+            + 6
+            + wire_len(&target)
+            + wire_len(&target)
+            + RR_FIXED
+            + address_bytes(ip);
         Some(Instance {
             ip,
             port: inst.service.port,
             weight,
             target,
+            srv_bytes,
         })
     }
 

@@ -251,22 +251,25 @@ fn limits_and_sizes() {
         );
     }
     let cfg = DnsConfig::default();
-    // Only what can fit is built: 512 bytes hold at most 32 A records.
+    // Only what surely fits is built, and the answer says it was cut: 512 bytes less the
+    // header, OPT and question hold 29 A records of 16 bytes.
     let a = ask(&st, &cfg, "big.service.mesh.", RecordType::A, 512);
-    assert!(a.answers.len() <= 512 / MIN_A_BYTES + 1);
-    assert!(a.answers.len() >= 20);
+    assert_eq!(a.answers.len(), (512 - 27 - 18) / 16);
+    assert!(a.truncated);
     let all = ask(&st, &cfg, "big.service.mesh.", RecordType::A, 65535);
     assert_eq!(all.answers.len(), 100);
+    assert!(!all.truncated);
+    // SRV: each instance's SRV and A record together; the additionals follow the answers.
+    let srv = ask(&st, &cfg, "big.service.mesh.", RecordType::SRV, 512);
+    assert!(srv.truncated && !srv.answers.is_empty());
+    assert_eq!(srv.answers.len(), srv.additionals.len());
     let limited = DnsConfig {
         a_record_limit: 3,
         ..DnsConfig::default()
     };
-    assert_eq!(
-        ask(&st, &limited, "big.service.mesh.", RecordType::A, 65535)
-            .answers
-            .len(),
-        3
-    );
+    let three = ask(&st, &limited, "big.service.mesh.", RecordType::A, 65535);
+    assert_eq!(three.answers.len(), 3);
+    assert!(!three.truncated, "a_record_limit is not a truncation");
     // Shuffled: the first record is not always the same.
     let firsts: std::collections::HashSet<String> = (0..50)
         .map(|_| {
@@ -329,4 +332,11 @@ fn reverse_lookups_name_nodes_services_and_virtual_ips() {
         .collect();
     assert_eq!(got, vec!["web.virtual.mesh."]);
     assert!(z.reverse(&st, "192.0.2.1".parse().unwrap(), &q).is_empty());
+    // A service at its own address, on a node elsewhere.
+    let got: Vec<String> = z
+        .reverse(&st, "10.9.9.9".parse().unwrap(), &q)
+        .iter()
+        .map(|r| r.data.to_string())
+        .collect();
+    assert_eq!(got, vec!["web.service.dc1.mesh."]);
 }

@@ -23,6 +23,8 @@ pub struct Instance {
     pub weight: u16,
     /// `<node>.node.<dc>.<domain>.` or `<hex>.addr.<dc>.<domain>.`
     pub target: Name,
+    /// The most bytes its SRV record and the target's address record take in a message.
+    pub srv_bytes: usize,
 }
 
 type Key = (usize, String, Option<String>);
@@ -76,6 +78,7 @@ mod tests {
             port,
             weight: 1,
             target: Name::from_ascii("n.node.dc1.mesh.").unwrap(),
+            srv_bytes: 60,
         }
     }
 

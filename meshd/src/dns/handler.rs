@@ -39,6 +39,7 @@ pub struct Handler {
 struct Reply {
     rcode: ResponseCode,
     authoritative: bool,
+    truncated: bool,
     answers: Vec<Record>,
     authorities: Vec<Record>,
     additionals: Vec<Record>,
@@ -106,6 +107,7 @@ impl Handler {
                 let reply = Reply {
                     rcode: a.rcode,
                     authoritative: true,
+                    truncated: a.truncated,
                     answers: a.answers,
                     authorities: a.soa.into_iter().collect(),
                     additionals: a.additionals,
@@ -156,6 +158,7 @@ impl Handler {
                     Reply {
                         rcode: f.rcode,
                         authoritative: false,
+                        truncated: false,
                         answers: f.answers,
                         authorities: f.authorities,
                         additionals: f.additionals,
@@ -185,6 +188,7 @@ impl RequestHandler for Handler {
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.response_code = reply.rcode;
         metadata.authoritative = reply.authoritative;
+        metadata.truncation = reply.truncated;
         metadata.recursion_available = self.recursor.is_some();
         // Our EDNS answer states the size we send up to: the client's, within bounds.
         let edns = request.edns.as_ref().map(|e| {

@@ -140,7 +140,12 @@ impl ResponseHandler for Reply {
         let mut encoder = BinEncoder::new(&mut bytes);
         encoder.set_max_size(max);
         let info = match response.destructive_emit(&mut encoder) {
-            Ok(info) => info,
+            Ok(info) => {
+                // A record that did not fit may have left bytes past the message's end.
+                let end = encoder.offset();
+                bytes.truncate(end);
+                info
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "encoding a DNS answer failed");
                 bytes.clear();
