@@ -44,6 +44,28 @@ impl State {
         self.nodes.get(name)
     }
 
+    /// A node by name, ignoring ASCII case (DNS names are case-insensitive); an exact match
+    /// first.
+    pub fn node_ignore_case(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name).or_else(|| {
+            self.nodes
+                .values()
+                .find(|n| n.node.eq_ignore_ascii_case(name))
+        })
+    }
+
+    /// The registered spelling of a service name with an instance, ignoring ASCII case; an
+    /// exact match first.
+    pub fn service_name_ignore_case(&self, name: &str) -> Option<&str> {
+        if let Some((k, _)) = self.by_name.get_key_value(name) {
+            return Some(k);
+        }
+        self.by_name
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case(name))
+            .map(String::as_str)
+    }
+
     pub fn node_services(&self, node: &str) -> impl Iterator<Item = &Service> {
         self.services.range(node_range(node)).map(|(_, s)| s)
     }

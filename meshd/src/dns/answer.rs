@@ -140,12 +140,18 @@ impl Zone<'_> {
             }
             Lookup::Node { name } => self.node(state, name, qname, qtype),
             Lookup::Addr { ip } => self.address_answer(qname, qtype, *ip, self.cfg.node_ttl()),
-            Lookup::Virtual { name } => match state.virtual_ip(name) {
-                Some(ip) => {
-                    self.address_answer(qname, qtype, IpAddr::V4(ip), self.cfg.service_ttl(name))
+            Lookup::Virtual { name } => {
+                let name = state.service_name_ignore_case(name);
+                match name.and_then(|n| Some((n, state.virtual_ip(n)?))) {
+                    Some((name, ip)) => self.address_answer(
+                        qname,
+                        qtype,
+                        IpAddr::V4(ip),
+                        self.cfg.service_ttl(name),
+                    ),
+                    None => None,
                 }
-                None => None,
-            },
+            }
             Lookup::Missing => None,
         };
         match out {
@@ -221,7 +227,7 @@ impl Zone<'_> {
     }
 
     fn node(&self, state: &State, name: &str, qname: &Name, qtype: RecordType) -> Option<Answer> {
-        let node = state.node(name)?;
+        let node = state.node_ignore_case(name)?;
         let ttl = self.cfg.node_ttl();
         let mut answers = Vec::new();
         let mut additionals = Vec::new();
@@ -250,6 +256,7 @@ impl Zone<'_> {
         qname: &Name,
         qtype: RecordType,
     ) -> Option<Answer> {
+        let name = state.service_name_ignore_case(name)?;
         let index = state.service_index(name);
         let instances = self.cache.get(self.zone, name, tag, index, || {
             healthy_instances(state, name, tag, self.cfg.only_passing)

@@ -340,3 +340,48 @@ fn reverse_lookups_name_nodes_services_and_virtual_ips() {
         .collect();
     assert_eq!(got, vec!["web.service.dc1.mesh."]);
 }
+
+#[test]
+fn names_are_case_insensitive() {
+    let mut st = state();
+    let mut i = 200;
+    register(
+        &mut st,
+        &mut i,
+        "Host-A",
+        "10.0.0.9",
+        Some(svc("Api1", "Api", "", 80, &["Blue"])),
+    );
+    let cfg = DnsConfig::default();
+    for name in [
+        "api.service.mesh.",
+        "API.service.mesh.",
+        "Api.service.mesh.",
+    ] {
+        assert_eq!(
+            ips(&ask(&st, &cfg, name, RecordType::A, 512)),
+            vec!["10.0.0.9"],
+            "{name}"
+        );
+    }
+    assert_eq!(
+        ips(&ask(
+            &st,
+            &cfg,
+            "blue.api.service.mesh.",
+            RecordType::A,
+            512
+        )),
+        vec!["10.0.0.9"]
+    );
+    assert_eq!(
+        ips(&ask(&st, &cfg, "host-a.node.mesh.", RecordType::A, 512)),
+        vec!["10.0.0.9"]
+    );
+    assert_eq!(
+        ips(&ask(&st, &cfg, "WEB.service.mesh.", RecordType::A, 512)).len(),
+        2
+    );
+    let vip = ask(&st, &cfg, "api.virtual.mesh.", RecordType::A, 512);
+    assert_eq!(vip.answers.len(), 1);
+}

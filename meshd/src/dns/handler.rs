@@ -76,7 +76,8 @@ impl Handler {
         if !matches!(q.query_class(), DNSClass::IN | DNSClass::ANY) {
             return (Reply::code(ResponseCode::NotImp), Some(qtype));
         }
-        let qname: Name = q.name().into();
+        // Answers are owned by the name as asked (resolvers using 0x20 case randomization).
+        let qname: Name = q.original().name().clone();
         let text = qname.to_ascii();
         match names::parse(&text, &self.domains(), &self.datacenter) {
             Parsed::Ours { zone, lookup } => {

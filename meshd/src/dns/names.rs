@@ -2,9 +2,10 @@
 //! forms), a node, an address encoded in hex, or a service's virtual IP — or nothing in our
 //! zone, or a name outside it.
 //!
-//! Names are matched case-insensitively. As in Consul, the kind label (`service`, `node`,
-//! `addr`, `virtual`) may be followed by one datacenter label; only this agent's datacenter
-//! exists.
+//! Names are matched case-insensitively; the labels naming a service, tag or node keep the case
+//! asked, and the answers look them up exactly first, then ignoring case. As in Consul, the kind
+//! label (`service`, `node`, `addr`, `virtual`) may be followed by one datacenter label; only
+//! this agent's datacenter exists.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -41,24 +42,25 @@ pub enum Parsed {
 /// Matches `name` (a query name, with or without the final dot) against `domains` (lowercase,
 /// no dots at the ends) for datacenter `dc`.
 pub fn parse(name: &str, domains: &[&str], dc: &str) -> Parsed {
-    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let lower = name.to_ascii_lowercase();
     for (zone, domain) in domains.iter().enumerate() {
-        if name == *domain {
+        if lower == *domain {
             return Parsed::Ours {
                 zone,
                 lookup: Lookup::Apex,
             };
         }
-        if let Some(rest) = name.strip_suffix(domain) {
-            if let Some(rest) = rest.strip_suffix('.') {
-                return Parsed::Ours {
-                    zone,
-                    lookup: parse_labels(rest, dc),
-                };
-            }
+        if lower.ends_with(domain) && lower[..lower.len() - domain.len()].ends_with('.') {
+            // The labels keep the case asked: names in the registry are matched exactly first.
+            let rest = &name[..name.len() - domain.len() - 1];
+            return Parsed::Ours {
+                zone,
+                lookup: parse_labels(rest, dc),
+            };
         }
     }
-    reverse(&name).map_or(Parsed::Foreign, Parsed::Reverse)
+    reverse(&lower).map_or(Parsed::Foreign, Parsed::Reverse)
 }
 
 /// `4.3.2.1.in-addr.arpa` → 1.2.3.4; 32 nibbles under `ip6.arpa` → an IPv6 address.
@@ -88,15 +90,16 @@ fn reverse(name: &str) -> Option<IpAddr> {
 const KINDS: [&str; 4] = ["service", "node", "addr", "virtual"];
 
 fn parse_labels(rest: &str, dc: &str) -> Lookup {
-    if rest == "ns" {
+    if rest.eq_ignore_ascii_case("ns") {
         return Lookup::NameServer;
     }
     let labels: Vec<&str> = rest.split('.').collect();
     let n = labels.len();
+    let is_kind = |l: &str| KINDS.iter().any(|k| k.eq_ignore_ascii_case(l));
     // The kind label is the last one, or the one before a datacenter label.
-    let (kind_at, datacenter) = if KINDS.contains(&labels[n - 1]) {
+    let (kind_at, datacenter) = if is_kind(labels[n - 1]) {
         (n - 1, None)
-    } else if n >= 2 && KINDS.contains(&labels[n - 2]) {
+    } else if n >= 2 && is_kind(labels[n - 2]) {
         (n - 2, Some(labels[n - 1]))
     } else {
         return Lookup::Missing;
@@ -108,7 +111,7 @@ fn parse_labels(rest: &str, dc: &str) -> Lookup {
     if left.is_empty() || left.iter().any(|l| l.is_empty()) {
         return Lookup::Missing;
     }
-    match labels[kind_at] {
+    match labels[kind_at].to_ascii_lowercase().as_str() {
         "service" => service(left),
         // Node names may hold dots.
         "node" => Lookup::Node {
@@ -197,7 +200,7 @@ mod tests {
     #[test]
     fn service_forms() {
         assert_eq!(ours("web.service.mesh."), svc("web", None));
-        assert_eq!(ours("WEB.Service.MESH"), svc("web", None));
+        assert_eq!(ours("WEB.Service.MESH"), svc("WEB", None));
         assert_eq!(ours("v1.web.service.mesh."), svc("web", Some("v1")));
         assert_eq!(ours("_web._tcp.service.mesh."), svc("web", None));
         assert_eq!(ours("_web._v1.service.mesh."), svc("web", Some("v1")));
