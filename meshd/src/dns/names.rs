@@ -142,7 +142,7 @@ fn service(left: &[&str]) -> Lookup {
             }
             Lookup::Service {
                 name: name.to_string(),
-                tag: (tag != "tcp").then(|| tag.to_string()),
+                tag: (!tag.eq_ignore_ascii_case("tcp")).then(|| tag.to_string()),
             }
         }
         [tag, name] => Lookup::Service {
