@@ -37,8 +37,22 @@ pub struct Zone<'a> {
 const MESSAGE_OVERHEAD: usize = 27;
 /// Fixed bytes of a resource record: type, class, TTL, RDLENGTH.
 const RR_FIXED: usize = 10;
-/// An answer record's owner is the question's name: a 2-byte compression pointer.
+/// A compressed owner name: a pointer to an earlier copy.
 const OWNER_POINTER: usize = 2;
+/// hickory-proto compresses at most this many names in a message (a guard against costly
+/// encodes); every later one is written in full.
+const COMPRESSED_NAMES: usize = 120;
+
+/// The most bytes the owner name of the `i`-th answer record takes: the first is written in
+/// full (the question is copied raw, so nothing points at it), later ones point at it until
+/// the encoder stops compressing.
+fn owner_bytes(i: usize, qname_wire: usize) -> usize {
+    if i == 0 || i >= COMPRESSED_NAMES {
+        qname_wire
+    } else {
+        OWNER_POINTER
+    }
+}
 
 /// The most bytes `name` takes on the wire (uncompressed).
 fn wire_len(name: &Name) -> usize {
@@ -274,19 +288,21 @@ impl Zone<'_> {
         let mut additionals = Vec::new();
         // Records are added while they surely fit (sizes counted uncompressed); the first one
         // that might not ends the answer, marked truncated.
+        let qname_wire = wire_len(qname);
         let mut budget = self
             .size_limit
-            .saturating_sub(MESSAGE_OVERHEAD + wire_len(qname));
+            .saturating_sub(MESSAGE_OVERHEAD + qname_wire);
         let mut truncated = false;
         match qtype {
             RecordType::SRV => {
                 for i in sample(&mut rng, instances.len(), instances.len()) {
                     let inst = &instances[i];
-                    if inst.srv_bytes > budget {
+                    let bytes = owner_bytes(answers.len(), qname_wire) + inst.srv_bytes;
+                    if bytes > budget {
                         truncated = true;
                         break;
                     }
-                    budget -= inst.srv_bytes;
+                    budget -= bytes;
                     let srv = SRV::new(1, inst.weight, inst.port, inst.target.clone());
                     answers.push(Record::from_rdata(qname.clone(), ttl, RData::SRV(srv)));
                     additionals.extend(address_record(inst.target.clone(), inst.ip, ttl));
@@ -310,7 +326,8 @@ impl Zone<'_> {
                     if answers.len() >= limit {
                         break;
                     }
-                    let bytes = OWNER_POINTER + RR_FIXED + address_bytes(ip);
+                    let bytes =
+                        owner_bytes(answers.len(), qname_wire) + RR_FIXED + address_bytes(ip);
                     if bytes > budget {
                         truncated = true;
                         break;
