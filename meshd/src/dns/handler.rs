@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -14,8 +14,9 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 
 use super::answer::Zone;
 use super::cache::InstanceCache;
+use super::fast::{self, FastCache, Plan, Question, Shuffler};
 use super::metrics::{DnsMetrics, QueryLabels};
-use super::names::{self, Parsed};
+use super::names::{self, Lookup, Parsed};
 use super::recursor::Recursor;
 use crate::config::DnsConfig;
 use crate::store::Store;
@@ -32,6 +33,7 @@ pub struct Handler {
     pub recursor: Option<Recursor>,
     pub metrics: DnsMetrics,
     pub cache: InstanceCache,
+    pub fast: FastCache,
 }
 
 /// The records of a response, owned until it is encoded.
@@ -176,6 +178,120 @@ impl Handler {
     }
 }
 
+impl Handler {
+    /// The fast path's answer to a plain A/AAAA query (see [`fast`]); `None` when the full
+    /// path must answer.
+    pub fn fast_answer(&self, d: &[u8], q: &Question, rng: &mut Shuffler) -> Option<Vec<u8>> {
+        let start = Instant::now();
+        let plan = {
+            let state = self.store.read();
+            let index = state.applied_index();
+            match self.fast.get(q, index) {
+                Some(plan) => plan,
+                None => {
+                    let plan = self.plan(&state, q);
+                    self.fast.put(q, index, plan.clone());
+                    plan
+                }
+            }
+        }?;
+        let limit = self.cfg.a_record_limit as usize;
+        let bytes = fast::write(d, q, &plan, limit, self.recursor.is_some(), rng)?;
+        let qtype = if q.qtype == 1 { "A" } else { "AAAA" };
+        self.metrics
+            .queries
+            .get_or_create(&QueryLabels {
+                qtype,
+                rcode: "NOERROR",
+                protocol: "udp",
+            })
+            .inc();
+        self.metrics.duration.observe(start.elapsed().as_secs_f64());
+        Some(bytes)
+    }
+
+    /// The addresses a plain A/AAAA answer to `q` holds, if its answer is only that: a
+    /// service, virtual IP, `addr` or `ns` name with addresses (node answers carry TXT).
+    fn plan(&self, state: &registry::State, q: &Question) -> Option<Arc<Plan>> {
+        let text = wire_to_text(&q.key)?;
+        let Parsed::Ours { zone, lookup } = names::parse(&text, &self.domains(), &self.datacenter)
+        else {
+            return None;
+        };
+        if !matches!(
+            lookup,
+            Lookup::Service { .. }
+                | Lookup::Virtual { .. }
+                | Lookup::Addr { .. }
+                | Lookup::NameServer
+        ) {
+            return None;
+        }
+        let qname = Name::from_ascii(&text).ok()?;
+        let qtype = if q.qtype == 1 {
+            RecordType::A
+        } else {
+            RecordType::AAAA
+        };
+        // Every address (the limit is applied per query), whatever the size.
+        let all = DnsConfig {
+            a_record_limit: 0,
+            ..(*self.cfg).clone()
+        };
+        let z = Zone {
+            cfg: &all,
+            domain: self.domains()[zone],
+            datacenter: &self.datacenter,
+            ns_ip: self.ns_ip,
+            size_limit: u16::MAX as usize,
+            zone,
+            cache: &self.cache,
+        };
+        let a = z.answer(state, &lookup, &qname, qtype);
+        if a.rcode != ResponseCode::NoError
+            || a.truncated
+            || a.soa.is_some()
+            || !a.additionals.is_empty()
+            || a.answers.is_empty()
+        {
+            return None;
+        }
+        let ttl = a.answers[0].ttl;
+        let mut addrs = Vec::with_capacity(a.answers.len());
+        for r in &a.answers {
+            if r.ttl != ttl {
+                return None;
+            }
+            match &r.data {
+                RData::A(v4) => addrs.push(IpAddr::V4(v4.0)),
+                RData::AAAA(v6) => addrs.push(IpAddr::V6(v6.0)),
+                _ => return None,
+            }
+        }
+        Some(Arc::new(Plan { ttl, addrs }))
+    }
+}
+
+/// A lowercase wire-form name as text with the final dot.
+fn wire_to_text(wire: &[u8]) -> Option<String> {
+    let mut out = String::with_capacity(wire.len());
+    let mut at = 0;
+    loop {
+        let len = *wire.get(at)? as usize;
+        if len == 0 {
+            break;
+        }
+        let label = std::str::from_utf8(wire.get(at + 1..at + 1 + len)?).ok()?;
+        out.push_str(label);
+        out.push('.');
+        at += 1 + len;
+    }
+    if out.is_empty() {
+        out.push('.');
+    }
+    Some(out)
+}
+
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(
@@ -226,8 +342,8 @@ impl RequestHandler for Handler {
         self.metrics
             .queries
             .get_or_create(&QueryLabels {
-                qtype: qtype_label(qtype).into(),
-                rcode: rcode_label(info.response_code).into(),
+                qtype: qtype_label(qtype),
+                rcode: rcode_label(info.response_code),
                 protocol: match protocol {
                     Protocol::Udp => "udp",
                     Protocol::Tcp => "tcp",

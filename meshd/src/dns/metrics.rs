@@ -9,8 +9,8 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueryLabels {
-    pub qtype: String,
-    pub rcode: String,
+    pub qtype: &'static str,
+    pub rcode: &'static str,
     pub protocol: &'static str,
 }
 

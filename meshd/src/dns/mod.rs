@@ -15,6 +15,7 @@
 
 pub mod answer;
 mod cache;
+mod fast;
 pub mod handler;
 pub mod metrics;
 pub mod names;
@@ -80,6 +81,7 @@ pub async fn start(
         recursor,
         metrics,
         cache: Default::default(),
+        fast: Default::default(),
     };
     let handler = Arc::new(handler);
     let mut udp_tasks = tokio::task::JoinSet::new();

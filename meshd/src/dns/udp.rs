@@ -25,6 +25,7 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::fast;
 use super::handler::Handler;
 
 /// The largest datagram read; longer ones are cut (and then fail to parse).
@@ -37,6 +38,7 @@ pub async fn serve(socket: UdpSocket, handler: Arc<Handler>, cancel: Cancellatio
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; RECV_BUFFER];
     let mut pending: JoinSet<()> = JoinSet::new();
+    let mut rng = fast::Shuffler::new();
     loop {
         let (len, src) = tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
@@ -54,6 +56,17 @@ pub async fn serve(socket: UdpSocket, handler: Arc<Handler>, cancel: Cancellatio
             continue;
         }
         let datagram = &buf[..len];
+        if let Some(q) = fast::parse(datagram) {
+            if let Some(answer) = handler.fast_answer(datagram, &q, &mut rng) {
+                match socket.try_send_to(&answer, src) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        let _ = socket.send_to(&answer, src).await;
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+        }
         let request = match Request::from_bytes(datagram.to_vec(), src, Protocol::Udp) {
             Ok(r) => r,
             Err(e) => {
