@@ -28,7 +28,7 @@ pub struct Question {
     pub recursion_desired: bool,
     /// End of the question section in the datagram (its bytes are echoed as asked).
     pub question_end: usize,
-    /// The name in wire form, lowercased: the cache key with `qtype`.
+    /// The name in wire form, lowercased, then `qtype`: the cache key.
     pub key: Vec<u8>,
     pub qtype: u16,
     /// The client's EDNS UDP size, when it sent an OPT record.
@@ -91,6 +91,7 @@ pub fn parse(d: &[u8]) -> Option<Question> {
     if !matches!(qtype, TYPE_A | TYPE_AAAA) || qclass != CLASS_IN {
         return None;
     }
+    key.extend_from_slice(&qtype.to_be_bytes());
     let question_end = at;
     let mut edns_size = None;
     if ar == 1 {
@@ -132,7 +133,7 @@ type Entry = (u64, Option<Arc<Plan>>);
 
 #[derive(Default)]
 pub struct FastCache {
-    entries: Mutex<HashMap<(Vec<u8>, u16), Entry>>,
+    entries: Mutex<HashMap<Vec<u8>, Entry>>,
 }
 
 impl FastCache {
@@ -140,7 +141,7 @@ impl FastCache {
     /// not known at `index`.
     pub fn get(&self, q: &Question, index: u64) -> Option<Option<Arc<Plan>>> {
         let map = self.entries.lock().ok()?;
-        match map.get(&(q.key.clone(), q.qtype)) {
+        match map.get(q.key.as_slice()) {
             Some((at, plan)) if *at == index => Some(plan.clone()),
             _ => None,
         }
@@ -151,7 +152,7 @@ impl FastCache {
             if map.len() >= MAX_ENTRIES {
                 map.clear();
             }
-            map.insert((q.key.clone(), q.qtype), (index, plan));
+            map.insert(q.key.clone(), (index, plan));
         }
     }
 }

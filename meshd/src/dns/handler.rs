@@ -213,7 +213,7 @@ impl Handler {
     /// The addresses a plain A/AAAA answer to `q` holds, if its answer is only that: a
     /// service, virtual IP, `addr` or `ns` name with addresses (node answers carry TXT).
     fn plan(&self, state: &registry::State, q: &Question) -> Option<Arc<Plan>> {
-        let text = wire_to_text(&q.key)?;
+        let text = wire_to_text(q.key.get(..q.key.len().checked_sub(2)?)?)?;
         let Parsed::Ours { zone, lookup } = names::parse(&text, &self.domains(), &self.datacenter)
         else {
             return None;

@@ -18,6 +18,7 @@ mod cache;
 mod fast;
 pub mod handler;
 pub mod metrics;
+mod mmsg;
 pub mod names;
 pub mod recursor;
 mod udp;

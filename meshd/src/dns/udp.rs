@@ -1,6 +1,7 @@
 //! The UDP side of the DNS server: one task per socket (the sockets share the port through
-//! SO_REUSEPORT) reads a datagram, parses it with hickory-server's `Request`, runs the same
-//! [`Handler`] as TCP and writes the answer straight to the socket.
+//! SO_REUSEPORT) reads datagrams in batches, answers plain A/AAAA queries on the fast path
+//! (`fast.rs`) and the rest through hickory-server's `Request` and the same [`Handler`] as TCP,
+//! and writes the answers in batches.
 //!
 //! hickory-server's own UDP loop spawns a task per datagram and passes every answer through a
 //! channel to a sender task; here an answer computed from the local state (nearly all of them)
@@ -27,81 +28,104 @@ use tokio_util::sync::CancellationToken;
 
 use super::fast;
 use super::handler::Handler;
+use super::mmsg::{RecvBatch, SendBatch, BATCH};
 
-/// The largest datagram read; longer ones are cut (and then fail to parse).
-const RECV_BUFFER: usize = 4096;
-/// At most this many queries wait on recursors per socket; more are answered SERVFAIL.
+/// At most this many queries wait on recursors per socket; more are dropped.
 const MAX_PENDING: usize = 1024;
 
 /// Serves one socket until `cancel`.
 pub async fn serve(socket: UdpSocket, handler: Arc<Handler>, cancel: CancellationToken) {
     let socket = Arc::new(socket);
-    let mut buf = vec![0u8; RECV_BUFFER];
+    let mut batch = RecvBatch::new();
+    let mut answers = SendBatch::default();
     let mut pending: JoinSet<()> = JoinSet::new();
     let mut rng = fast::Shuffler::new();
     loop {
-        let (len, src) = tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(r) => r,
+        tokio::select! {
+            r = socket.readable() => if let Err(e) = r {
+                tracing::warn!(error = %e, "DNS UDP socket failed");
+                break;
+            },
+            _ = cancel.cancelled() => break,
+        }
+        // Read batches until the socket is empty (or a short batch says it nearly is).
+        loop {
+            let n = match batch.recv(&socket) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     // ICMP errors of earlier sends surface here; the socket stays usable.
                     tracing::debug!(error = %e, "DNS UDP receive error");
+                    break;
+                }
+            };
+            while pending.try_join_next().is_some() {}
+            for i in 0..n {
+                let Some((datagram, src)) = batch.get(i) else {
+                    continue;
+                };
+                if src.port() == 0 {
                     continue;
                 }
-            },
-            _ = cancel.cancelled() => break,
-        };
-        while pending.try_join_next().is_some() {}
-        if src.port() == 0 {
-            continue;
-        }
-        let datagram = &buf[..len];
-        if let Some(q) = fast::parse(datagram) {
-            if let Some(answer) = handler.fast_answer(datagram, &q, &mut rng) {
-                match socket.try_send_to(&answer, src) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        let _ = socket.send_to(&answer, src).await;
+                if let Some(q) = fast::parse(datagram) {
+                    if let Some(answer) = handler.fast_answer(datagram, &q, &mut rng) {
+                        answers.push(answer, src);
+                        continue;
                     }
-                    _ => {}
                 }
-                continue;
+                full_path(&socket, &handler, datagram, src, &mut pending);
             }
-        }
-        let request = match Request::from_bytes(datagram.to_vec(), src, Protocol::Udp) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::trace!(%src, error = %e, "malformed DNS datagram");
-                handler.metrics.malformed.inc();
-                if let Some(reply) = form_error(datagram) {
-                    let _ = socket.try_send_to(&reply, src);
-                }
-                continue;
+            answers.flush(&socket).await;
+            if n < BATCH {
+                break;
             }
-        };
-        // Never answer answers (reflection loops).
-        if request.metadata.message_type == MessageType::Response {
-            continue;
-        }
-        let out = Reply {
-            socket: socket.clone(),
-            dst: src,
-        };
-        let h = handler.clone();
-        let mut task: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
-            h.handle_request::<_, TokioTime>(&request, out).await;
-        });
-        // Poll once here: an answer from the local state completes at once. One that waits
-        // continues as a task (which polls it again with a real waker).
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        if task.as_mut().poll(&mut cx).is_pending() {
-            if pending.len() >= MAX_PENDING {
-                tracing::debug!(%src, "too many DNS queries waiting on recursors; dropping one");
-                continue;
-            }
-            pending.spawn(task);
         }
     }
     pending.shutdown().await;
+}
+
+/// Answers one datagram through hickory-server's `Request` and the handler: at once when the
+/// answer comes from the local state, as a task when it waits on a recursor.
+fn full_path(
+    socket: &Arc<UdpSocket>,
+    handler: &Arc<Handler>,
+    datagram: &[u8],
+    src: SocketAddr,
+    pending: &mut JoinSet<()>,
+) {
+    let request = match Request::from_bytes(datagram.to_vec(), src, Protocol::Udp) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::trace!(%src, error = %e, "malformed DNS datagram");
+            handler.metrics.malformed.inc();
+            if let Some(reply) = form_error(datagram) {
+                let _ = socket.try_send_to(&reply, src);
+            }
+            return;
+        }
+    };
+    // Never answer answers (reflection loops).
+    if request.metadata.message_type == MessageType::Response {
+        return;
+    }
+    let out = Reply {
+        socket: socket.clone(),
+        dst: src,
+    };
+    let h = handler.clone();
+    let mut task: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+        h.handle_request::<_, TokioTime>(&request, out).await;
+    });
+    // Poll once here: an answer from the local state completes at once. One that waits
+    // continues as a task (which polls it again with a real waker).
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    if task.as_mut().poll(&mut cx).is_pending() {
+        if pending.len() >= MAX_PENDING {
+            tracing::debug!(%src, "too many DNS queries waiting on recursors; dropping one");
+            return;
+        }
+        pending.spawn(task);
+    }
 }
 
 /// A FORMERR answer to a datagram whose header can be read; `None` if it cannot (or it is
