@@ -37,6 +37,10 @@ pub struct Zone<'a> {
 const MESSAGE_OVERHEAD: usize = 27;
 /// Fixed bytes of a resource record: type, class, TTL, RDLENGTH.
 const RR_FIXED: usize = 10;
+/// The fewest bytes an SRV record and its target's A record take together.
+const MIN_PAIR: usize = 36;
+/// The fewest bytes of an address record.
+const MIN_ADDRESS: usize = 16;
 /// A compressed owner name: a pointer to an earlier copy.
 const OWNER_POINTER: usize = 2;
 /// hickory-proto compresses at most this many names in a message (a guard against costly
@@ -295,7 +299,11 @@ impl Zone<'_> {
         let mut truncated = false;
         match qtype {
             RecordType::SRV => {
-                for i in sample(&mut rng, instances.len(), instances.len()) {
+                // No more than could fit are drawn (each pair takes at least MIN_PAIR bytes).
+                let n = instances.len();
+                let drawn = n.min(budget / MIN_PAIR + 1);
+                truncated = drawn < n;
+                for i in sample(&mut rng, n, drawn) {
                     let inst = &instances[i];
                     let bytes = owner_bytes(answers.len(), qname_wire) + inst.srv_bytes;
                     if bytes > budget {
@@ -314,7 +322,23 @@ impl Zone<'_> {
                     0 => usize::MAX,
                     n => n as usize,
                 };
-                for i in sample(&mut rng, instances.len(), instances.len()) {
+                // Twice what could fit are drawn (duplicates and the other family are
+                // skipped); if they run out first, every instance is drawn.
+                let n = instances.len();
+                let mut order = sample(&mut rng, n, n.min(2 * (budget / MIN_ADDRESS + 1) + 8));
+                let mut all = order.len() == n;
+                let mut pos = 0;
+                loop {
+                    if pos == order.len() {
+                        if all {
+                            break;
+                        }
+                        order = sample(&mut rng, n, n);
+                        all = true;
+                        pos = 0;
+                    }
+                    let i = order.index(pos);
+                    pos += 1;
                     let ip = instances[i].ip;
                     let wanted = match ip {
                         IpAddr::V4(_) => qtype != RecordType::AAAA,

@@ -385,3 +385,29 @@ fn names_are_case_insensitive() {
     let vip = ask(&st, &cfg, "api.virtual.mesh.", RecordType::A, 512);
     assert_eq!(vip.answers.len(), 1);
 }
+
+#[test]
+fn few_addresses_of_one_family_among_many_of_the_other_are_found() {
+    let mut st = State::new();
+    let mut i = 0;
+    for n in 0..300u32 {
+        let addr = if n < 2 {
+            format!("10.2.0.{}", n + 1)
+        } else {
+            format!("fd00::{n:x}")
+        };
+        register(
+            &mut st,
+            &mut i,
+            &format!("m{n}"),
+            "10.9.0.1",
+            Some(svc(&format!("mix{n}"), "mix", &addr, 80, &[])),
+        );
+    }
+    let cfg = DnsConfig::default();
+    for _ in 0..20 {
+        let a = ask(&st, &cfg, "mix.service.mesh.", RecordType::A, 512);
+        assert_eq!(ips(&a), vec!["10.2.0.1", "10.2.0.2"]);
+        assert!(!a.truncated);
+    }
+}
