@@ -79,6 +79,9 @@ pub async fn serve(socket: UdpSocket, handler: Arc<Handler>, cancel: Cancellatio
             if n < BATCH {
                 break;
             }
+            // A full batch means more are waiting: let the other tasks of this runtime (the
+            // API, Raft, health checks) run first, so a flood of queries cannot starve them.
+            tokio::task::yield_now().await;
         }
     }
     pending.shutdown().await;
