@@ -233,7 +233,8 @@ impl Handler {
         } else {
             RecordType::AAAA
         };
-        // Every address (the limit is applied per query), whatever the size.
+        // Every address (the limit is applied per query), if they fit the largest UDP answer;
+        // a service too large for that is answered by the full path (which cuts it).
         let all = DnsConfig {
             a_record_limit: 0,
             ..(*self.cfg).clone()
@@ -243,7 +244,7 @@ impl Handler {
             domain: self.domains()[zone],
             datacenter: &self.datacenter,
             ns_ip: self.ns_ip,
-            size_limit: u16::MAX as usize,
+            size_limit: MAX_UDP_PAYLOAD as usize,
             zone,
             cache: &self.cache,
         };
