@@ -6,11 +6,12 @@
 //! - [`answer`]: the records for it, from the state;
 //! - [`handler`]: the hickory request handler (checks, dispatch, metrics);
 //! - [`recursor`]: upstream resolvers for foreign names;
-//! - `udp`: the UDP loop (TCP is hickory-server's).
+//! - `udp`: the UDP loop (TCP is hickory-server's), `mmsg`: its batched socket I/O, `fast`:
+//!   the fast path for plain A/AAAA questions, `cache`: healthy instances per service.
 //!
 //! UDP answers are cut to 512 bytes, or the client's EDNS size (at most 4096), with TC set so
 //! the client asks again over TCP, where a message may hold 65,535 bytes. One task reads each
-//! UDP socket and answers in place; hickory-server handles each TCP connection in its own task,
+//! UDP socket in batches and answers in place; hickory-server handles each TCP connection in its own task,
 //! with an idle timeout, so a slow or hostile client holds only its own connection.
 
 pub mod answer;
