@@ -11,8 +11,9 @@
 //!
 //! UDP answers are cut to 512 bytes, or the client's EDNS size (at most 4096), with TC set so
 //! the client asks again over TCP, where a message may hold 65,535 bytes. One task reads each
-//! UDP socket in batches and answers in place; hickory-server handles each TCP connection in its own task,
-//! with an idle timeout, so a slow or hostile client holds only its own connection.
+//! UDP socket in batches and answers in place; hickory-server handles each TCP connection in
+//! its own task, with an idle timeout, so a slow or hostile client holds only its own
+//! connection.
 
 pub mod answer;
 mod cache;
