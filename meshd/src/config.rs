@@ -38,6 +38,35 @@ pub enum ConfigError {
     },
 }
 
+/// Where a key's value came from, for error messages: the command line or the named file.
+pub(crate) struct Origin<'a>(pub &'a str);
+
+impl Origin<'_> {
+    pub fn name(&self, from_flag: bool) -> String {
+        if from_flag {
+            "command line".to_string()
+        } else {
+            self.0.to_string()
+        }
+    }
+
+    /// The error for a bad value of `key`.
+    pub fn invalid(
+        &self,
+        from_flag: bool,
+        key: &'static str,
+        value: String,
+        reason: String,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            source_name: self.name(from_flag),
+            key,
+            value,
+            reason,
+        }
+    }
+}
+
 /// The keys of the TOML file. Unknown keys are errors.
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
@@ -133,13 +162,8 @@ pub fn build(args: &AgentArgs) -> Result<RuntimeConfig, ConfigError> {
         .map(|p| format!("config file {}", p.display()))
         .unwrap_or_else(|| "defaults".into());
     // The source of a key: the flag if given, else the file.
-    let src = |flag_given: bool| {
-        if flag_given {
-            "command line".to_string()
-        } else {
-            file_name.clone()
-        }
-    };
+    let origin = Origin(&file_name);
+    let src = |flag_given: bool| origin.name(flag_given);
 
     let node_name = match (&args.node, &file.node_name) {
         (Some(n), _) | (None, Some(n)) => n.clone(),

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{ConfigError, FileConfig};
+use super::{ConfigError, FileConfig, Origin};
 use crate::cli::AgentArgs;
 use crate::duration::parse_go_duration;
 
@@ -67,20 +67,10 @@ pub(super) fn build(
     server: bool,
     http_ip: IpAddr,
 ) -> Result<ClusterConfig, ConfigError> {
-    let src = |flag: bool| {
-        if flag {
-            "command line".to_string()
-        } else {
-            file_name.to_string()
-        }
+    let origin = Origin(file_name);
+    let invalid = |flag: bool, key: &'static str, value: String, reason: String| {
+        origin.invalid(flag, key, value, reason)
     };
-    let invalid =
-        |flag: bool, key: &'static str, value: String, reason: String| ConfigError::Invalid {
-            source_name: src(flag),
-            key,
-            value,
-            reason,
-        };
 
     let bind = match (&args.bind, &file.bind_addr) {
         (Some(a), _) => *a,

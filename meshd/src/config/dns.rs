@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, FileConfig};
+use super::{ConfigError, FileConfig, Origin};
 use crate::cli::AgentArgs;
 use crate::duration::parse_go_duration;
 
@@ -133,20 +133,10 @@ pub(super) fn build(
     file: &FileConfig,
     file_name: &str,
 ) -> Result<DnsConfig, ConfigError> {
-    let src = |flag: bool| {
-        if flag {
-            "command line".to_string()
-        } else {
-            file_name.to_string()
-        }
+    let origin = Origin(file_name);
+    let invalid = |flag: bool, key: &'static str, value: String, reason: String| {
+        origin.invalid(flag, key, value, reason)
     };
-    let invalid =
-        |flag: bool, key: &'static str, value: String, reason: String| ConfigError::Invalid {
-            source_name: src(flag),
-            key,
-            value,
-            reason,
-        };
 
     let addr = match (&args.dns_addr, &file.dns_addr) {
         (Some(a), _) => *a,
