@@ -29,6 +29,8 @@ pub struct Zone<'a> {
     pub size_limit: usize,
     /// Which of the domains was asked (0: `domain`, 1: `alt_domain`), for the cache.
     pub zone: usize,
+    /// At most this many address records (0: no limit); `dns_config.a_record_limit`.
+    pub a_record_limit: u32,
     pub cache: &'a InstanceCache,
 }
 
@@ -318,7 +320,7 @@ impl Zone<'_> {
             }
             RecordType::A | RecordType::AAAA | RecordType::ANY => {
                 let mut seen = std::collections::HashSet::new();
-                let limit = match self.cfg.a_record_limit {
+                let limit = match self.a_record_limit {
                     0 => usize::MAX,
                     n => n as usize,
                 };

@@ -115,6 +115,7 @@ fn ask(st: &State, cfg: &DnsConfig, name: &str, qtype: RecordType, limit: usize)
         ns_ip: "127.0.0.1".parse().unwrap(),
         size_limit: limit,
         zone: 0,
+        a_record_limit: cfg.a_record_limit,
         cache: &InstanceCache::default(),
     };
     z.answer(st, &lookup, &Name::from_ascii(name).unwrap(), qtype)
@@ -314,6 +315,7 @@ fn reverse_lookups_name_nodes_services_and_virtual_ips() {
         ns_ip: "127.0.0.1".parse().unwrap(),
         size_limit: 65535,
         zone: 0,
+        a_record_limit: cfg.a_record_limit,
         cache: &cache,
     };
     let q = Name::from_ascii("1.0.0.10.in-addr.arpa.").unwrap();

@@ -12,14 +12,16 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use hickory_proto::rr::RecordType;
+
+use super::udp_payload_limit;
+
 /// Entries kept at most; past this the cache starts over.
 const MAX_ENTRIES: usize = 16_384;
 const TYPE_A: u16 = 1;
 const TYPE_AAAA: u16 = 28;
 const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
-/// The largest UDP answer we send (as the full path).
-const MAX_UDP_PAYLOAD: u16 = 4096;
 
 /// A query the fast path can take, read from the datagram.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,10 +40,36 @@ pub struct Question {
 impl Question {
     /// The most bytes the answer may take.
     pub fn limit(&self) -> usize {
-        match self.edns_size {
-            Some(s) => s.clamp(512, MAX_UDP_PAYLOAD) as usize,
-            None => 512,
+        udp_payload_limit(self.edns_size) as usize
+    }
+
+    pub fn record_type(&self) -> RecordType {
+        if self.qtype == TYPE_A {
+            RecordType::A
+        } else {
+            RecordType::AAAA
         }
+    }
+
+    /// The name asked, lowercase, as text with the final dot.
+    pub fn name_text(&self) -> Option<String> {
+        // The key is the wire-form name followed by the type.
+        let wire = self.key.get(..self.key.len().checked_sub(2)?)?;
+        let mut out = String::with_capacity(wire.len());
+        let mut at = 0;
+        loop {
+            let len = *wire.get(at)? as usize;
+            if len == 0 {
+                break;
+            }
+            out.push_str(std::str::from_utf8(wire.get(at + 1..at + 1 + len)?).ok()?);
+            out.push('.');
+            at += 1 + len;
+        }
+        if out.is_empty() {
+            out.push('.');
+        }
+        Some(out)
     }
 }
 
@@ -240,7 +268,7 @@ pub fn write(
     if let Some(s) = q.edns_size {
         out.push(0);
         out.extend_from_slice(&TYPE_OPT.to_be_bytes());
-        out.extend_from_slice(&s.clamp(512, MAX_UDP_PAYLOAD).to_be_bytes());
+        out.extend_from_slice(&udp_payload_limit(Some(s)).to_be_bytes());
         out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
     }
     Some(out)

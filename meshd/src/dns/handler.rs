@@ -18,14 +18,14 @@ use super::fast::{self, FastCache, Plan, Question, Shuffler};
 use super::metrics::{DnsMetrics, QueryLabels};
 use super::names::{self, Lookup, Parsed};
 use super::recursor::Recursor;
+use super::{udp_payload_limit, MAX_UDP_PAYLOAD};
 use crate::config::DnsConfig;
 use crate::store::Store;
 
-/// The largest UDP answer we send, whatever a client's EDNS size says (fragments get lost).
-const MAX_UDP_PAYLOAD: u16 = 4096;
-
 pub struct Handler {
     pub store: Store,
+    /// `domain`, then `alt_domain` if set: the zones' numbers are their places here.
+    pub domains: Vec<String>,
     pub cfg: Arc<DnsConfig>,
     pub datacenter: String,
     /// What `ns.<domain>` resolves to.
@@ -57,12 +57,18 @@ impl Reply {
 }
 
 impl Handler {
-    fn domains(&self) -> Vec<&str> {
-        let mut d = vec![self.cfg.domain.as_str()];
-        if let Some(alt) = &self.cfg.alt_domain {
-            d.push(alt.as_str());
+    /// Answers for zone number `zone` in messages of at most `size_limit` bytes.
+    fn zone(&self, zone: usize, size_limit: u16) -> Zone<'_> {
+        Zone {
+            cfg: &self.cfg,
+            domain: &self.domains[zone],
+            datacenter: &self.datacenter,
+            ns_ip: self.ns_ip,
+            size_limit: size_limit as usize,
+            zone,
+            a_record_limit: self.cfg.a_record_limit,
+            cache: &self.cache,
         }
-        d
     }
 
     async fn resolve(&self, request: &Request) -> (Reply, Option<RecordType>) {
@@ -81,28 +87,18 @@ impl Handler {
         // Answers are owned by the name as asked (resolvers using 0x20 case randomization).
         let qname: Name = q.original().name().clone();
         let text = qname.to_ascii();
-        match names::parse(&text, &self.domains(), &self.datacenter) {
+        match names::parse(&text, &self.domains, &self.datacenter) {
             Parsed::Ours { zone, lookup } => {
                 if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
                     return (Reply::code(ResponseCode::Refused), Some(qtype));
                 }
-                let domain = self.domains()[zone];
                 let size_limit = match request.protocol() {
-                    Protocol::Udp => request
-                        .edns
-                        .as_ref()
-                        .map_or(512, |e| e.max_payload().clamp(512, MAX_UDP_PAYLOAD)),
+                    Protocol::Udp => {
+                        udp_payload_limit(request.edns.as_ref().map(Edns::max_payload))
+                    }
                     _ => u16::MAX,
                 };
-                let z = Zone {
-                    cfg: &self.cfg,
-                    domain,
-                    datacenter: &self.datacenter,
-                    ns_ip: self.ns_ip,
-                    size_limit: size_limit as usize,
-                    zone,
-                    cache: &self.cache,
-                };
+                let z = self.zone(zone, size_limit);
                 let a = {
                     let state = self.store.read();
                     z.answer(&state, &lookup, &qname, qtype)
@@ -118,18 +114,9 @@ impl Handler {
                 (reply, Some(qtype))
             }
             Parsed::Reverse(ip) if matches!(qtype, RecordType::PTR | RecordType::ANY) => {
-                let z = Zone {
-                    cfg: &self.cfg,
-                    domain: &self.cfg.domain,
-                    datacenter: &self.datacenter,
-                    ns_ip: self.ns_ip,
-                    size_limit: u16::MAX as usize,
-                    zone: 0,
-                    cache: &self.cache,
-                };
                 let answers = {
                     let state = self.store.read();
-                    z.reverse(&state, ip, &qname)
+                    self.zone(0, u16::MAX).reverse(&state, ip, &qname)
                 };
                 if answers.is_empty() {
                     self.foreign(qname, qtype, &text).await
@@ -197,11 +184,10 @@ impl Handler {
         }?;
         let limit = self.cfg.a_record_limit as usize;
         let bytes = fast::write(d, q, &plan, limit, self.recursor.is_some(), rng)?;
-        let qtype = if q.qtype == 1 { "A" } else { "AAAA" };
         self.metrics
             .queries
             .get_or_create(&QueryLabels {
-                qtype,
+                qtype: qtype_label(Some(q.record_type())),
                 rcode: "NOERROR",
                 protocol: "udp",
             })
@@ -213,8 +199,8 @@ impl Handler {
     /// The addresses a plain A/AAAA answer to `q` holds, if its answer is only that: a
     /// service, virtual IP, `addr` or `ns` name with addresses (node answers carry TXT).
     fn plan(&self, state: &registry::State, q: &Question) -> Option<Arc<Plan>> {
-        let text = wire_to_text(q.key.get(..q.key.len().checked_sub(2)?)?)?;
-        let Parsed::Ours { zone, lookup } = names::parse(&text, &self.domains(), &self.datacenter)
+        let text = q.name_text()?;
+        let Parsed::Ours { zone, lookup } = names::parse(&text, &self.domains, &self.datacenter)
         else {
             return None;
         };
@@ -228,27 +214,11 @@ impl Handler {
             return None;
         }
         let qname = Name::from_ascii(&text).ok()?;
-        let qtype = if q.qtype == 1 {
-            RecordType::A
-        } else {
-            RecordType::AAAA
-        };
         // Every address (the limit is applied per query), if they fit the largest UDP answer;
         // a service too large for that is answered by the full path (which cuts it).
-        let all = DnsConfig {
-            a_record_limit: 0,
-            ..(*self.cfg).clone()
-        };
-        let z = Zone {
-            cfg: &all,
-            domain: self.domains()[zone],
-            datacenter: &self.datacenter,
-            ns_ip: self.ns_ip,
-            size_limit: MAX_UDP_PAYLOAD as usize,
-            zone,
-            cache: &self.cache,
-        };
-        let a = z.answer(state, &lookup, &qname, qtype);
+        let mut z = self.zone(zone, MAX_UDP_PAYLOAD);
+        z.a_record_limit = 0;
+        let a = z.answer(state, &lookup, &qname, q.record_type());
         if a.rcode != ResponseCode::NoError
             || a.truncated
             || a.soa.is_some()
@@ -273,26 +243,6 @@ impl Handler {
     }
 }
 
-/// A lowercase wire-form name as text with the final dot.
-fn wire_to_text(wire: &[u8]) -> Option<String> {
-    let mut out = String::with_capacity(wire.len());
-    let mut at = 0;
-    loop {
-        let len = *wire.get(at)? as usize;
-        if len == 0 {
-            break;
-        }
-        let label = std::str::from_utf8(wire.get(at + 1..at + 1 + len)?).ok()?;
-        out.push_str(label);
-        out.push('.');
-        at += 1 + len;
-    }
-    if out.is_empty() {
-        out.push('.');
-    }
-    Some(out)
-}
-
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(
@@ -311,7 +261,7 @@ impl RequestHandler for Handler {
         // Our EDNS answer states the size we send up to: the client's, within bounds.
         let edns = request.edns.as_ref().map(|e| {
             let mut out = Edns::new();
-            out.set_max_payload(e.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+            out.set_max_payload(udp_payload_limit(Some(e.max_payload())));
             out
         });
         let mut builder = MessageResponseBuilder::new(&request.queries, None);

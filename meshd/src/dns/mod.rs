@@ -40,6 +40,15 @@ use crate::store::Store;
 use handler::Handler;
 pub use metrics::DnsMetrics;
 
+/// The largest UDP answer we send, whatever a client's EDNS size says (fragments get lost).
+pub const MAX_UDP_PAYLOAD: u16 = 4096;
+
+/// How many bytes a UDP answer may take: 512 without EDNS (RFC 1035), else the client's EDNS
+/// size within 512..=[`MAX_UDP_PAYLOAD`]. Also the size our own OPT record states.
+pub fn udp_payload_limit(edns_size: Option<u16>) -> u16 {
+    edns_size.map_or(512, |s| s.clamp(512, MAX_UDP_PAYLOAD))
+}
+
 /// A TCP connection that sends no complete query for this long is closed.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Per-connection buffer of answers waiting to be written.
@@ -78,6 +87,9 @@ pub async fn start(
     let addr = tcp.local_addr()?;
     let handler = Handler {
         store,
+        domains: std::iter::once(cfg.domain.clone())
+            .chain(cfg.alt_domain.clone())
+            .collect(),
         cfg: Arc::new(cfg),
         datacenter,
         ns_ip,

@@ -41,10 +41,11 @@ pub enum Parsed {
 
 /// Matches `name` (a query name, with or without the final dot) against `domains` (lowercase,
 /// no dots at the ends) for datacenter `dc`.
-pub fn parse(name: &str, domains: &[&str], dc: &str) -> Parsed {
+pub fn parse(name: &str, domains: &[impl AsRef<str>], dc: &str) -> Parsed {
     let name = name.strip_suffix('.').unwrap_or(name);
     let lower = name.to_ascii_lowercase();
     for (zone, domain) in domains.iter().enumerate() {
+        let domain = domain.as_ref();
         if lower == *domain {
             return Parsed::Ours {
                 zone,

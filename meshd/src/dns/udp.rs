@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::fast;
 use super::handler::Handler;
 use super::mmsg::{RecvBatch, SendBatch, BATCH};
+use super::udp_payload_limit;
 
 /// At most this many queries wait on recursors per socket; more are dropped.
 const MAX_PENDING: usize = 1024;
@@ -174,7 +175,7 @@ impl ResponseHandler for Reply {
     ) -> Result<ResponseInfo, NetError> {
         // As hickory-server encodes UDP: at most the EDNS size we answer with, else 512 bytes;
         // what does not fit is left out and TC is set.
-        let max = response.edns().map_or(512, |e| e.max_payload().max(512));
+        let max = udp_payload_limit(response.edns().map(|e| e.max_payload()));
         let id = response.metadata().id;
         let mut bytes = Vec::with_capacity(512);
         let mut encoder = BinEncoder::new(&mut bytes);
