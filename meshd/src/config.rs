@@ -38,6 +38,19 @@ pub enum ConfigError {
     },
 }
 
+/// Parses `IP:PORT`, `[IPv6]:PORT`, or a bare `IP` with `default_port`. Host names are not
+/// resolved.
+pub fn parse_ip_port(s: &str, default_port: u16) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, default_port))
+        .map_err(|_| {
+            format!("expected IP:PORT or IP (port {default_port}); host names are not resolved")
+        })
+}
+
 /// Where a key's value came from, for error messages: the command line or the named file.
 pub(crate) struct Origin<'a>(pub &'a str);
 

@@ -149,29 +149,22 @@ async fn form_or_join_inner(
 /// Imports `root` (with its key) into the registry once there is a leader, unless a root is
 /// there already. Retries until it is done or meshd stops.
 pub async fn import_ca(ctx: Arc<ServerCtx>, root: CaRoot, cancel: CancellationToken) {
-    tokio::select! {
-        _ = cancel.cancelled() => {}
-        _ = import_ca_inner(ctx, root, cancel.clone()) => {}
-    }
-}
-
-async fn import_ca_inner(ctx: Arc<ServerCtx>, root: CaRoot, cancel: CancellationToken) {
-    loop {
+    retry_until_done(&cancel, || async {
         if ctx.registry.read().active_ca_root().is_some() {
-            return;
+            return true;
         }
         match ctx.write(Command::CaInit(root.clone()), true).await {
             Reply::Written { index, .. } => {
                 tracing::info!(index, trust_domain = %root.trust_domain, "CA root imported into the registry");
-                return;
+                true
             }
-            other => tracing::debug!(reply = ?other, "CA import not done yet; retrying"),
+            other => {
+                tracing::debug!(reply = ?other, "CA import not done yet; retrying");
+                false
+            }
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(RETRY) => {}
-        }
-    }
+    })
+    .await
 }
 
 /// Sets the registry's virtual IP range to `cidr` (`a.b.c.d/len`) once there is a leader, unless
@@ -187,47 +180,53 @@ pub async fn set_virtual_ip_range(ctx: Arc<ServerCtx>, cidr: String, cancel: Can
             return;
         }
     };
-    tokio::select! {
-        _ = cancel.cancelled() => {}
-        _ = set_virtual_ip_range_inner(ctx, range, cancel.clone()) => {}
-    }
-}
-
-async fn set_virtual_ip_range_inner(
-    ctx: Arc<ServerCtx>,
-    range: Ipv4Cidr,
-    cancel: CancellationToken,
-) {
-    loop {
-        match current_range(&ctx).await {
+    retry_until_done(&cancel, || async {
+        let current = match current_range(&ctx).await {
             Ok(current) if current == range => {
                 tracing::debug!(%range, "virtual IP range already set");
-                return;
+                return true;
             }
-            Ok(current) => {
-                let cmd = Command::VirtualIpRange {
-                    cidr: range.to_string(),
-                };
-                match ctx.write(cmd, true).await {
-                    Reply::Written {
-                        index,
-                        response: Response::Rejected(why),
-                    } => {
-                        tracing::error!(index, %range, reason = %why, "virtual IP range refused");
-                        return;
-                    }
-                    Reply::Written { index, .. } => {
-                        tracing::info!(index, %range, previous = %current, "virtual IP range set");
-                        return;
-                    }
-                    other => {
-                        tracing::debug!(reply = ?other, "virtual IP range not set yet; retrying")
-                    }
-                }
-            }
+            Ok(current) => current,
             Err(e) => {
-                tracing::debug!(error = %e, "virtual IP range not read yet; retrying")
+                tracing::debug!(error = %e, "virtual IP range not read yet; retrying");
+                return false;
             }
+        };
+        let cmd = Command::VirtualIpRange {
+            cidr: range.to_string(),
+        };
+        match ctx.write(cmd, true).await {
+            Reply::Written {
+                index,
+                response: Response::Rejected(why),
+            } => {
+                tracing::error!(index, %range, reason = %why, "virtual IP range refused");
+                true
+            }
+            Reply::Written { index, .. } => {
+                tracing::info!(index, %range, previous = %current, "virtual IP range set");
+                true
+            }
+            other => {
+                tracing::debug!(reply = ?other, "virtual IP range not set yet; retrying");
+                false
+            }
+        }
+    })
+    .await
+}
+
+/// Runs `attempt` every [`RETRY`] until it says it is done or meshd stops (which also stops an
+/// attempt under way).
+async fn retry_until_done<F, Fut>(cancel: &CancellationToken, mut attempt: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            done = attempt() => if done { return },
         }
         tokio::select! {
             _ = cancel.cancelled() => return,

@@ -46,16 +46,7 @@ pub struct ClusterConfig {
 
 /// Parses `IP:PORT` or `IP` (port 8301).
 pub fn parse_join_addr(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    s.parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, DEFAULT_QUIC_PORT))
-        .map_err(|_| {
-            format!(
-                "expected IP:PORT or IP (port {DEFAULT_QUIC_PORT}); host names are not resolved"
-            )
-        })
+    super::parse_ip_port(s, DEFAULT_QUIC_PORT)
 }
 
 /// Builds the cluster configuration. `src(flag_given)` names where a key came from; `server`

@@ -3,7 +3,7 @@
 //! `only_passing`, `a_record_limit`). Also the servers' virtual IP range.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -91,14 +91,7 @@ impl Default for DnsConfig {
 
 /// Parses a recursor: `IP:PORT`, `[IPv6]:PORT` or a bare `IP` (port 53).
 pub fn parse_recursor(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    s.parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, DNS_PORT))
-        .map_err(|_| {
-            format!("expected IP:PORT or IP (port {DNS_PORT}); host names are not resolved")
-        })
+    super::parse_ip_port(s, DNS_PORT)
 }
 
 /// Checks a domain: DNS labels of letters, digits and `-`; returns it lowercase without the
