@@ -43,6 +43,8 @@ pub enum CaError {
     InvalidDatacenter(String),
     #[error("invalid validity: {0} days (must be at least 1)")]
     InvalidDays(u32),
+    #[error("invalid leaf lifetime {0:?}: must be at least 1 minute")]
+    InvalidTtl(std::time::Duration),
     #[error("generating {what}: {source}")]
     Generate {
         what: &'static str,
@@ -179,7 +181,7 @@ pub fn server_name(datacenter: &str) -> String {
 pub fn create_ca(trust_domain: &str, days: u32) -> Result<CaBundle, CaError> {
     validate_trust_domain(trust_domain)?;
     let key = new_key()?;
-    let mut params = base_params(days, None)?;
+    let mut params = base_params(lifetime_days(days)?, None);
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, format!("meshd CA {trust_domain}"));
     dn.push(DnType::OrganizationName, "meshd");
@@ -249,10 +251,11 @@ pub fn issue_server_cert(
         uri_san(&id.uri())?,
         dns_san(&server_name(datacenter))?,
         dns_san(&format!("{node}.{}", server_name(datacenter)))?,
+        dns_san(&node_host_name(node, datacenter))?,
         dns_san("localhost")?,
         SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
     ];
-    let cert_pem = sign_leaf(ca, &key, node, sans, days)?;
+    let cert_pem = sign_leaf(ca, &key, node, sans, lifetime_days(days)?)?;
     Ok(Issued {
         cert_pem,
         key_pem: key.serialize_pem(),
@@ -300,9 +303,56 @@ pub fn sign_node_csr(
     };
     let sans = vec![
         uri_san(&id.uri())?,
-        dns_san(&format!("{node}.node.{datacenter}.mesh"))?,
+        dns_san(&node_host_name(node, datacenter))?,
     ];
-    sign_leaf(ca, &public_key, node, sans, days)
+    sign_leaf(ca, &public_key, node, sans, lifetime_days(days)?)
+}
+
+/// The DNS name a host's certificate (server or node) carries and data-plane tunnels to that
+/// host verify: `<node>.node.<datacenter>.mesh`.
+pub fn node_host_name(node: &str, datacenter: &str) -> String {
+    format!("{node}.node.{datacenter}.mesh")
+}
+
+/// The shortest leaf lifetime the CA issues (tests use minutes; production the default 72 h).
+pub const MIN_LEAF_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Signs a service leaf (`spiffe://<td>/svc/<service>`) for the key of `csr_pem`, valid for
+/// `ttl` (at least [`MIN_LEAF_TTL`], capped by the CA's own expiry). Whether the asking node
+/// may have it (the service is registered on it) is the caller's check.
+pub fn sign_service_csr(
+    ca: &CaBundle,
+    csr_pem: &str,
+    service: &str,
+    ttl: std::time::Duration,
+) -> Result<String, CaError> {
+    validate_node_name(service)?;
+    if ttl < MIN_LEAF_TTL {
+        return Err(CaError::InvalidTtl(ttl));
+    }
+    let public_key = csr_public_key(csr_pem)?;
+    let id = SpiffeId {
+        trust_domain: ca.trust_domain.clone(),
+        identity: Identity::Service(service.to_string()),
+    };
+    let lifetime = Duration::try_from(ttl).map_err(|_| CaError::InvalidTtl(ttl))?;
+    sign_leaf(ca, &public_key, service, vec![uri_san(&id.uri())?], lifetime)
+}
+
+/// When the first certificate of `pem` stops being valid.
+pub fn not_after(pem: &str) -> Result<SystemTime, CaError> {
+    let der = first_cert(pem)?;
+    let cert = parse_cert(&der)?;
+    let t = cert.validity().not_after.to_datetime();
+    let secs = u64::try_from(t.unix_timestamp()).unwrap_or(0);
+    Ok(UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+fn lifetime_days(days: u32) -> Result<Duration, CaError> {
+    if days == 0 {
+        return Err(CaError::InvalidDays(days));
+    }
+    Ok(Duration::days(i64::from(days)))
 }
 
 /// The SPIFFE ID in the (single) `spiffe://` URI SAN of a leaf certificate.
@@ -428,20 +478,17 @@ fn new_key() -> Result<KeyPair, CaError> {
     })
 }
 
-/// Parameters valid from a little before now for `days` days, but never past `cap`.
-fn base_params(days: u32, cap: Option<OffsetDateTime>) -> Result<CertificateParams, CaError> {
-    if days == 0 {
-        return Err(CaError::InvalidDays(days));
-    }
+/// Parameters valid from a little before now for `lifetime`, but never past `cap`.
+fn base_params(lifetime: Duration, cap: Option<OffsetDateTime>) -> CertificateParams {
     let now = OffsetDateTime::now_utc();
     let mut params = CertificateParams::default();
     params.not_before = now - BACKDATE;
-    let mut not_after = now + Duration::days(i64::from(days));
+    let mut not_after = now + lifetime;
     if let Some(cap) = cap {
         not_after = not_after.min(cap);
     }
     params.not_after = not_after;
-    Ok(params)
+    params
 }
 
 /// A 20-byte positive serial: the time in nanoseconds and a per-process random hash of the
@@ -487,7 +534,7 @@ fn sign_leaf(
     public_key: &impl PublicKeyData,
     common_name: &str,
     sans: Vec<SanType>,
-    days: u32,
+    lifetime: Duration,
 ) -> Result<String, CaError> {
     let ca_der = first_cert(&ca.cert_pem)?;
     let ca_cert = parse_cert(&ca_der)?;
@@ -499,7 +546,7 @@ fn sign_leaf(
     let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(ca_der.as_slice()), &ca_key)
         .map_err(|e| CaError::ParseCertificate(e.to_string()))?;
 
-    let mut params = base_params(days, Some(cap))?;
+    let mut params = base_params(lifetime, Some(cap));
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
@@ -634,6 +681,29 @@ mod tests {
             "CN=meshd CA example.org, O=meshd"
         );
         assert!(cert.verify_signature(None).is_ok(), "self-signed");
+    }
+
+    #[test]
+    fn service_leaves_name_the_service_only_and_live_as_long_as_asked() {
+        let ca = create_ca("example.org", 30).expect("create");
+        let (csr, _key) = create_csr("web").expect("csr");
+        let ttl = std::time::Duration::from_secs(600);
+        let pem = sign_service_csr(&ca, &csr, "api", ttl).expect("sign");
+        let der = leaf(&pem);
+        assert!(signed_by_ca(&der, &ca));
+        let id = spiffe_id_of(&der).expect("id");
+        assert_eq!(id.uri(), "spiffe://example.org/svc/api");
+        let left = not_after(&pem)
+            .expect("not after")
+            .duration_since(SystemTime::now())
+            .expect("in the future");
+        assert!(left <= ttl && left > ttl - std::time::Duration::from_secs(5), "{left:?}");
+        assert!(matches!(
+            sign_service_csr(&ca, &csr, "api", std::time::Duration::from_secs(59)),
+            Err(CaError::InvalidTtl(_))
+        ));
+        assert!(sign_service_csr(&ca, "not a csr", "api", ttl).is_err());
+        assert!(sign_service_csr(&ca, &csr, "bad name!", ttl).is_err());
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config_entry::ConfigEntry;
+use crate::intention::{Action, Intention};
 use crate::model::{CaRoot, Check, MemberRole, MemberStatus, Node, Service, Status};
 use crate::state::StateImage;
 
@@ -64,7 +66,38 @@ pub enum Command {
     /// Set the range virtual IPs are taken from (`a.b.c.d/len`, at most /30). Addresses already
     /// given stay; names that lack one get one from the new range. Rejected if `cidr` is not a
     /// usable IPv4 CIDR; done without change when it is the current range. See [`crate::vip`].
-    VirtualIpRange { cidr: String },
+    VirtualIpRange {
+        cidr: String,
+    },
+    /// Add a CA root and make it the active one (`meshctl ca rotate`); the others stay as
+    /// trusted, inactive roots. Rejected for a known ID or another trust domain.
+    CaRotate(CaRoot),
+    /// Upsert an intention by its source/destination pair; with `create_only`, an existing
+    /// pair is refused (`POST /v1/connect/intentions`). See [`crate::intention`].
+    IntentionSet {
+        intention: Intention,
+        create_only: bool,
+    },
+    /// Delete the intention with `id`, or else the one of the pair.
+    IntentionDelete {
+        id: Option<String>,
+        source_type: String,
+        source: String,
+        destination: String,
+    },
+    /// Set the cluster-wide policy for callers no intention names.
+    DefaultIntentionPolicy {
+        action: Action,
+    },
+    /// Upsert a config entry; with `cas`, only if its `ModifyIndex` equals it.
+    ConfigEntrySet {
+        entry: ConfigEntry,
+        cas: Option<u64>,
+    },
+    ConfigEntryDelete {
+        kind: String,
+        name: String,
+    },
     /// Independent writes of concurrent clients carried by one log entry (group commit):
     /// applied in order, each with its own response, all at the entry's index. Batches do not
     /// nest.
@@ -84,6 +117,12 @@ impl Command {
             Command::CaInit(_) => "ca_init",
             Command::Restore(_) => "restore",
             Command::VirtualIpRange { .. } => "virtual_ip_range",
+            Command::CaRotate(_) => "ca_rotate",
+            Command::IntentionSet { .. } => "intention_set",
+            Command::IntentionDelete { .. } => "intention_delete",
+            Command::DefaultIntentionPolicy { .. } => "default_intention_policy",
+            Command::ConfigEntrySet { .. } => "config_entry_set",
+            Command::ConfigEntryDelete { .. } => "config_entry_delete",
             Command::Batch(_) => "batch",
         }
     }
@@ -96,6 +135,10 @@ impl Command {
         }
         Cow::Owned(match self {
             Command::CaInit(root) => Command::CaInit(CaRoot {
+                key_pem: String::new(),
+                ..root.clone()
+            }),
+            Command::CaRotate(root) => Command::CaRotate(CaRoot {
                 key_pem: String::new(),
                 ..root.clone()
             }),
@@ -114,7 +157,7 @@ impl Command {
     /// Whether a private key is part of this command.
     fn holds_keys(&self) -> bool {
         match self {
-            Command::CaInit(root) => !root.key_pem.is_empty(),
+            Command::CaInit(root) | Command::CaRotate(root) => !root.key_pem.is_empty(),
             Command::Restore(image) => image.ca_roots.iter().any(|r| !r.key_pem.is_empty()),
             Command::Batch(cmds) => cmds.iter().any(Command::holds_keys),
             _ => false,

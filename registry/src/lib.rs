@@ -5,6 +5,8 @@
 //! - [`command`]: the [`Command`]s a Raft log entry carries, and their [`Response`];
 //! - [`state`]: the tables and `apply`, with per-table, per-service and per-node indexes;
 //! - [`query`]: reads of the state and the index each reflects;
+//! - [`intention`]: who may call whom, and the default policy;
+//! - [`config_entry`]: per-service settings (`service-defaults`);
 //! - [`vip`]: the virtual IP of each service name, allocated from a replicated range;
 //! - [`feed`]: the recent applied commands, which agents' watch streams replay;
 //! - [`archive`]: the self-checking snapshot file of `meshctl snapshot save`/`restore`;
@@ -14,7 +16,9 @@
 pub mod archive;
 pub mod ca;
 pub mod command;
+pub mod config_entry;
 pub mod feed;
+pub mod intention;
 pub mod model;
 pub mod query;
 pub mod raft;

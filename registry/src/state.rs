@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Register, Response};
+use crate::config_entry::ConfigEntry;
+use crate::intention::{Action, Intention};
 use crate::model::{
     CaRoot, Check, KvEntry, Member, MemberRole, MemberStatus, Node, Service, Status, VirtualIp,
     NODE_ALIVE_OUTPUT, NODE_CHECK_ID, NODE_CHECK_NAME, NODE_FAILED_OUTPUT,
@@ -39,6 +41,11 @@ pub struct Indexes {
     /// Index of the last change of the virtual IP table or its range.
     #[serde(default)]
     pub virtual_ips: u64,
+    /// Index of the last change of the intentions or the default intention policy.
+    #[serde(default)]
+    pub intentions: u64,
+    #[serde(default)]
+    pub config_entries: u64,
     pub by_service: HashMap<String, u64>,
     pub by_node: HashMap<String, u64>,
 }
@@ -58,6 +65,11 @@ pub struct State {
     pub(crate) by_name: HashMap<String, BTreeSet<NodeKey>>,
     /// The virtual IP of each service name, and the range they come from.
     pub(crate) vips: crate::vip::VirtualIps,
+    /// Intentions by ID, and the policy for callers none names (`None`: allow).
+    pub(crate) intentions: BTreeMap<String, Intention>,
+    pub(crate) intention_default: Option<Action>,
+    /// Config entries by (kind, name).
+    pub(crate) config_entries: BTreeMap<(String, String), ConfigEntry>,
     /// Index of the last applied command.
     pub(crate) applied: u64,
 }
@@ -83,6 +95,13 @@ pub struct StateImage {
     /// The allocation cursor: offset into the range where the next search starts.
     #[serde(default)]
     pub virtual_ip_next: u64,
+    // Absent from images written before intentions and config entries existed.
+    #[serde(default)]
+    pub intentions: Vec<Intention>,
+    #[serde(default)]
+    pub default_intention_policy: Option<Action>,
+    #[serde(default)]
+    pub config_entries: Vec<ConfigEntry>,
     pub indexes: Indexes,
     pub applied: u64,
 }
@@ -142,6 +161,28 @@ impl State {
                 datacenter,
             } => self.member_set(index, name, addr, *role, *status, datacenter),
             Command::CaInit(root) => self.ca_init(index, root),
+            Command::CaRotate(root) => self.ca_rotate(index, root),
+            Command::IntentionSet {
+                intention,
+                create_only,
+            } => self.intention_set(index, intention, *create_only),
+            Command::IntentionDelete {
+                id,
+                source_type,
+                source,
+                destination,
+            } => self.intention_delete(
+                index,
+                id.as_deref(),
+                Some((source_type.as_str(), source.as_str(), destination.as_str())),
+            ),
+            Command::DefaultIntentionPolicy { action } => {
+                self.set_default_intention_policy(index, *action)
+            }
+            Command::ConfigEntrySet { entry, cas } => self.config_entry_set(index, entry, *cas),
+            Command::ConfigEntryDelete { kind, name } => {
+                self.config_entry_delete(index, kind, name)
+            }
             Command::Restore(image) => self.restore(index, image),
             Command::VirtualIpRange { cidr } => self.set_virtual_ip_range(index, cidr),
             Command::Batch(cmds) => Response::Batch(
@@ -537,6 +578,40 @@ impl State {
         Response::Done
     }
 
+    fn ca_rotate(&mut self, index: u64, root: &CaRoot) -> Response {
+        if root.id.is_empty() || root.cert_pem.is_empty() {
+            return Response::Rejected(
+                "ca rotate: the root's ID and certificate must be set".into(),
+            );
+        }
+        if self.ca_roots.contains_key(&root.id) {
+            return Response::Rejected(format!("ca rotate: root {} exists already", root.id));
+        }
+        if let Some(current) = self.ca_roots.values().find(|r| r.active) {
+            if current.trust_domain != root.trust_domain {
+                return Response::Rejected(format!(
+                    "ca rotate: the new root is for trust domain {:?}, the mesh's is {:?}",
+                    root.trust_domain, current.trust_domain
+                ));
+            }
+        }
+        for r in self.ca_roots.values_mut().filter(|r| r.active) {
+            r.active = false;
+            r.modify_index = index;
+        }
+        self.ca_roots.insert(
+            root.id.clone(),
+            CaRoot {
+                active: true,
+                create_index: index,
+                modify_index: index,
+                ..root.clone()
+            },
+        );
+        self.indexes.ca_roots = index;
+        Response::Done
+    }
+
     fn restore(&mut self, index: u64, image: &StateImage) -> Response {
         let mut image = image.clone();
         self.virtual_ip_range_for_restore(&mut image);
@@ -555,6 +630,8 @@ impl State {
             ca_roots: index,
             restore: index,
             virtual_ips: index,
+            intentions: index,
+            config_entries: index,
             by_service: services.into_iter().map(|n| (n, index)).collect(),
             by_node: nodes.into_iter().map(|n| (n, index)).collect(),
         };
@@ -688,6 +765,9 @@ impl State {
             kv: self.kv.values().cloned().collect(),
             members: self.members.values().cloned().collect(),
             ca_roots: self.ca_roots.values().cloned().collect(),
+            intentions: self.intentions.values().cloned().collect(),
+            default_intention_policy: self.intention_default,
+            config_entries: self.config_entries.values().cloned().collect(),
             indexes: self.indexes.clone(),
             applied: self.applied,
             ..StateImage::default()
@@ -722,6 +802,14 @@ impl State {
         }
         for r in img.ca_roots {
             st.ca_roots.insert(r.id.clone(), r);
+        }
+        for i in img.intentions {
+            st.intentions.insert(i.id.clone(), i);
+        }
+        st.intention_default = img.default_intention_policy;
+        for e in img.config_entries {
+            st.config_entries
+                .insert((e.kind.clone(), e.name.clone()), e);
         }
         st.virtual_ips_from_image(&img.virtual_ips, img.virtual_ip_range, img.virtual_ip_next);
         st

@@ -278,6 +278,8 @@ pub struct ServiceDef {
     pub proxy: Option<Value>,
     pub connect: Option<Value>,
     pub socket_path: Option<String>,
+    /// meshd's extension: the system user the service runs as (see `Service::user`).
+    pub user: Option<String>,
 }
 
 /// A check definition (agent check register, a service's `Check`/`Checks`, the catalog's

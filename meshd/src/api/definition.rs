@@ -224,7 +224,9 @@ pub fn build_service(def: &ServiceDef) -> Result<Service, ApiError> {
         );
     }
     let verbatim = |v: &Option<Value>| v.clone().filter(|v| !v.is_null());
-    Ok(Service {
+    let user = def.user.clone().unwrap_or_default();
+    no_control("User", &user)?;
+    let service = Service {
         kind,
         id: id.to_string(),
         service: name.to_string(),
@@ -237,9 +239,12 @@ pub fn build_service(def: &ServiceDef) -> Result<Service, ApiError> {
         enable_tag_override: def.enable_tag_override.unwrap_or(false),
         proxy: verbatim(&def.proxy),
         connect: verbatim(&def.connect),
+        user,
         create_index: 0,
         modify_index: 0,
-    })
+    };
+    service.upstreams().map_err(ApiError::bad)?;
+    Ok(service)
 }
 
 /// Parses a check status as Consul spells it.
