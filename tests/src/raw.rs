@@ -28,6 +28,15 @@ impl RawResponse {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Whether the whole body is there: as long as `Content-Length` says (a chunked body
+    /// parses only when its last chunk arrived).
+    pub fn is_complete(&self) -> bool {
+        match self.header("content-length") {
+            Some(v) => v.trim().parse::<usize>().ok() == Some(self.body.len()),
+            None => self.header("transfer-encoding").is_some(),
+        }
+    }
+
     /// `X-Consul-Index` as a number.
     pub fn index(&self) -> Option<u64> {
         self.header("x-consul-index")
@@ -74,7 +83,21 @@ pub async fn read_response(s: &mut TcpStream) -> Result<RawResponse, RawError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
-        let n = s.read(&mut chunk).await?;
+        let n = match s.read(&mut chunk).await {
+            Ok(n) => n,
+            // A server may reset a `Connection: close` connection right after a complete
+            // response (as browsers and curl accept); a reset before that is an error.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return match parse_response(&buf) {
+                    Ok(r) if r.is_complete() => Ok(r),
+                    _ => Err(RawError::Malformed(format!(
+                        "connection reset after {} bytes of the response: {e}",
+                        buf.len()
+                    ))),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        };
         if n == 0 {
             break;
         }
