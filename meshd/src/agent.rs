@@ -16,6 +16,7 @@ use crate::cluster::Cluster;
 use crate::config::RuntimeConfig;
 use crate::dns;
 use crate::local::AgentInfo;
+use crate::proxy::{Proxy, ProxyConfig};
 use crate::store::Store;
 
 /// How long in-flight HTTP requests may take to finish after a shutdown signal.
@@ -80,6 +81,17 @@ pub async fn run(cfg: RuntimeConfig) -> anyhow::Result<()> {
         &mut metrics,
     )
     .context("creating the check runner")?;
+    let proxy = Proxy::start(
+        ProxyConfig {
+            node: agent.node.clone(),
+            datacenter: agent.datacenter.clone(),
+            leaf_ttl: cfg.connect.leaf_ttl,
+        },
+        store.clone(),
+        cluster.transport.clone(),
+        &mut metrics,
+        cancel.clone(),
+    );
     let api_metrics = api::ApiMetrics::new(&mut metrics);
     let dns_metrics = dns::DnsMetrics::new(&mut metrics);
     let ctx = Arc::new(api::ApiContext::new(
@@ -90,6 +102,7 @@ pub async fn run(cfg: RuntimeConfig) -> anyhow::Result<()> {
         api_metrics,
         cancel.clone(),
     ));
+    let _ = ctx.leaves.set(proxy.leaves());
     // A single server leads at once: register before serving, so a bad definition stops the
     // start. In a cluster, registration waits for a leader in the background.
     let registration = if single {
@@ -170,6 +183,7 @@ pub async fn run(cfg: RuntimeConfig) -> anyhow::Result<()> {
     }
     let _ = checks_task.await;
     dns.stopped().await;
+    proxy.stop().await;
     cluster.shutdown().await;
     info!("stopped");
     Ok(())

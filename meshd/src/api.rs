@@ -15,6 +15,7 @@ mod agent;
 mod blocking;
 mod catalog;
 mod cluster;
+mod connect_leaf;
 mod decode;
 mod definition;
 mod error;
@@ -64,6 +65,8 @@ pub struct ApiContext {
     pub metrics: ApiMetrics,
     /// Fired at shutdown: waiting blocking queries answer at once with their current data.
     pub shutdown: CancellationToken,
+    /// This host's service leaves, once the data plane runs.
+    pub leaves: std::sync::OnceLock<Arc<crate::proxy::leaves::Leaves>>,
 }
 
 impl ApiContext {
@@ -83,6 +86,7 @@ impl ApiContext {
             metrics,
             shutdown,
             leave_requested: CancellationToken::new(),
+            leaves: std::sync::OnceLock::new(),
         }
     }
 }
@@ -138,6 +142,10 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
             get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
         )
         .route("/v1/mesh/virtual-ips", get(mesh::virtual_ips))
+        .route(
+            "/v1/agent/connect/ca/leaf/{service}",
+            get(connect_leaf::leaf),
+        )
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
         .route("/v1/agent/leave", put(cluster::leave))

@@ -12,9 +12,11 @@ use serde::Deserialize;
 
 use crate::cli::AgentArgs;
 pub use cluster::ClusterConfig;
+pub use connect::ConnectConfig;
 pub use dns::{DnsConfig, FileDnsConfig};
 
 mod cluster;
+mod connect;
 mod dns;
 use crate::duration::parse_go_duration;
 
@@ -127,6 +129,10 @@ pub struct FileConfig {
     pub dns_config: Option<FileDnsConfig>,
     /// Servers: the IPv4 range service virtual IPs come from.
     pub virtual_ip_range: Option<String>,
+    /// Lifetime of service leaf certificates (Go duration, at least 1m; default 72h).
+    pub leaf_cert_ttl: Option<String>,
+    /// Servers: `allow` or `deny` for callers no intention names (cluster-wide).
+    pub default_intention_policy: Option<String>,
 }
 
 /// The validated configuration the agent runs with.
@@ -149,6 +155,7 @@ pub struct RuntimeConfig {
     pub cache_bytes: u64,
     pub cluster: ClusterConfig,
     pub dns: DnsConfig,
+    pub connect: ConnectConfig,
 }
 
 /// Reads and parses a TOML config file.
@@ -290,6 +297,7 @@ pub fn build(args: &AgentArgs) -> Result<RuntimeConfig, ConfigError> {
     let cluster = cluster::build(args, &file, &file_name, server, http_addr.ip())?;
     let advertise_addr = cluster.advertise_ip.to_string();
     let dns = dns::build(args, &file, &file_name)?;
+    let connect = connect::build(&file, &origin, args.dev)?;
 
     Ok(RuntimeConfig {
         dev: args.dev,
@@ -308,6 +316,7 @@ pub fn build(args: &AgentArgs) -> Result<RuntimeConfig, ConfigError> {
         cache_bytes: cache_mb * 1024 * 1024,
         cluster,
         dns,
+        connect,
     })
 }
 

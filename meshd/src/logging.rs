@@ -6,6 +6,7 @@ use tracing_subscriber::EnvFilter;
 pub fn init(level: &str, json: bool) {
     // openraft logs every vote and role change at info; keep it at warn unless asked for.
     // hickory-server logs every DNS request at info; keep it at warn unless asked for.
+    // quinn and rustls log per packet and per handshake at debug, drowning meshd's own lines.
     let mut spec = level.to_string();
     for quiet in [
         "openraft",
@@ -13,6 +14,10 @@ pub fn init(level: &str, json: bool) {
         "hickory_proto",
         "hickory_net",
         "hickory_resolver",
+        "quinn",
+        "quinn_proto",
+        "quinn_udp",
+        "rustls",
     ] {
         if !level.contains(quiet) {
             spec.push_str(&format!(",{quiet}=warn"));

@@ -16,6 +16,7 @@ mod dns;
 mod duration;
 mod local;
 mod logging;
+mod proxy;
 mod read_index;
 mod store;
 mod transport;

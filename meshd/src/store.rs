@@ -236,6 +236,39 @@ impl Store {
         Ok(())
     }
 
+    /// Has a servers' CA sign a leaf for `service` on this host (`node`): a server signs it
+    /// itself, an agent asks a server. The error names the cause.
+    pub async fn sign_leaf(
+        &self,
+        node: &str,
+        service: &str,
+        csr_pem: &str,
+        ttl: Duration,
+    ) -> Result<String, String> {
+        let reply = match &*self.0 {
+            Backend::Server(ctx) => match ctx.sign_leaf(node, service, csr_pem, ttl) {
+                Ok(cert_pem) => return Ok(cert_pem),
+                Err(r) => r,
+            },
+            Backend::Agent { client, .. } => {
+                let req = Request::SignLeaf {
+                    service: service.to_string(),
+                    csr_pem: csr_pem.to_string(),
+                    ttl_secs: ttl.as_secs(),
+                };
+                client
+                    .request(&req, REQUEST_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        match reply {
+            Reply::Leaf { cert_pem } => Ok(cert_pem),
+            Reply::Error { message, .. } => Err(message),
+            other => Err(format!("unexpected answer: {other:?}")),
+        }
+    }
+
     /// The replicated registry, on a server.
     pub fn registry(&self) -> Option<&registry::Registry> {
         match &*self.0 {

@@ -348,6 +348,36 @@ pub fn not_after(pem: &str) -> Result<SystemTime, CaError> {
     Ok(UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
+/// What the API shows of a certificate: its serial (colon-separated hex, as Consul) and
+/// validity bounds (RFC 3339).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertSummary {
+    pub serial: String,
+    pub not_before: String,
+    pub not_after: String,
+}
+
+/// The [`CertSummary`] of the first certificate of `pem`.
+pub fn cert_summary(pem: &str) -> Result<CertSummary, CaError> {
+    let der = first_cert(pem)?;
+    let cert = parse_cert(&der)?;
+    let serial = cert
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let fmt = |t: OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    Ok(CertSummary {
+        serial,
+        not_before: fmt(cert.validity().not_before.to_datetime()),
+        not_after: fmt(cert.validity().not_after.to_datetime()),
+    })
+}
+
 fn lifetime_days(days: u32) -> Result<Duration, CaError> {
     if days == 0 {
         return Err(CaError::InvalidDays(days));
@@ -703,6 +733,8 @@ mod tests {
             Err(CaError::InvalidTtl(_))
         ));
         assert!(sign_service_csr(&ca, "not a csr", "api", ttl).is_err());
+        let summary = cert_summary(&pem).expect("summary");
+        assert!(summary.serial.contains(':') && summary.not_after.ends_with('Z'), "{summary:?}");
         assert!(sign_service_csr(&ca, &csr, "bad name!", ttl).is_err());
     }
 

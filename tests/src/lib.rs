@@ -17,6 +17,7 @@
 //! - [`dump`]: a full catalog dump, to prove that rejected input changed nothing.
 //! - [`netns`]: [`netns::Net`], hosts in network namespaces on a bridge (a mesh link that a
 //!   test cuts or partitions, a control link the test talks HTTP over), removed on drop.
+//! - [`mesh`]: data-plane test servers (named HTTP, echo) and clients inside a namespace.
 //! - [`cluster`]: [`cluster::Cluster`], servers and agents with their TLS files and configs,
 //!   one per namespace: start, SIGKILL, restart, cut, leave, and helpers for their APIs.
 //!
@@ -30,6 +31,7 @@ pub mod cluster;
 pub mod dig;
 pub mod dump;
 pub mod http;
+pub mod mesh;
 pub mod meshd;
 pub mod netns;
 pub mod raw;

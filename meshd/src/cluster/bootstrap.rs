@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
+use registry::intention::Action;
 use registry::model::CaRoot;
 use registry::{Command, Ipv4Cidr, Response};
 use tokio_util::sync::CancellationToken;
@@ -167,11 +168,7 @@ pub async fn import_ca(ctx: Arc<ServerCtx>, root: CaRoot, cancel: CancellationTo
     .await
 }
 
-/// Sets the registry's virtual IP range to `cidr` (`a.b.c.d/len`) once there is a leader, unless
-/// it is that range already (read at the leader's read index, so a server that is catching up
-/// does not write a range the cluster already has). Addresses already given keep; new ones
-/// come from `cidr`. Retries until it is done or meshd stops; an invalid `cidr` is logged and
-/// given up (configuration validation should have refused it).
+/// Sets the registry's virtual IP range to this server's configured one (when it differs).
 pub async fn set_virtual_ip_range(ctx: Arc<ServerCtx>, cidr: String, cancel: CancellationToken) {
     let range: Ipv4Cidr = match cidr.parse() {
         Ok(r) => r,
@@ -180,35 +177,60 @@ pub async fn set_virtual_ip_range(ctx: Arc<ServerCtx>, cidr: String, cancel: Can
             return;
         }
     };
+    let cmd = Command::VirtualIpRange {
+        cidr: range.to_string(),
+    };
+    ensure_setting(ctx, cancel, "virtual IP range", range, |st| st.virtual_ip_range(), cmd).await
+}
+
+/// Sets the cluster-wide default intention policy to this server's configured one.
+pub async fn set_default_intention_policy(
+    ctx: Arc<ServerCtx>,
+    action: Action,
+    cancel: CancellationToken,
+) {
+    let cmd = Command::DefaultIntentionPolicy { action };
+    let read = |st: &registry::State| st.default_intention_policy();
+    ensure_setting(ctx, cancel, "default intention policy", action, read, cmd).await
+}
+
+/// Writes `cmd` until the registry's setting (read by `read`, consistently) is `want`.
+async fn ensure_setting<T>(
+    ctx: Arc<ServerCtx>,
+    cancel: CancellationToken,
+    what: &'static str,
+    want: T,
+    read: impl Fn(&registry::State) -> T,
+    cmd: Command,
+) where
+    T: PartialEq + std::fmt::Debug,
+{
     retry_until_done(&cancel, || async {
-        let current = match current_range(&ctx).await {
-            Ok(current) if current == range => {
-                tracing::debug!(%range, "virtual IP range already set");
+        let current = match consistent_read(&ctx, &read).await {
+            Ok(current) if current == want => {
+                tracing::debug!(?want, "{what} already set");
                 return true;
             }
             Ok(current) => current,
             Err(e) => {
-                tracing::debug!(error = %e, "virtual IP range not read yet; retrying");
+                tracing::debug!(error = %e, "{what} not read yet; retrying");
                 return false;
             }
         };
-        let cmd = Command::VirtualIpRange {
-            cidr: range.to_string(),
-        };
-        match ctx.write(cmd, true).await {
+        match ctx.write(cmd.clone(), true).await {
             Reply::Written {
                 index,
                 response: Response::Rejected(why),
             } => {
-                tracing::error!(index, %range, reason = %why, "virtual IP range refused");
+                tracing::error!(index, ?want, reason = %why, "{what} refused");
                 true
             }
             Reply::Written { index, .. } => {
-                tracing::info!(index, %range, previous = %current, "virtual IP range set");
+                tracing::info!(index, ?want, previous = ?current, "{what} set");
                 true
             }
             other => {
-                tracing::debug!(reply = ?other, "virtual IP range not set yet; retrying");
+                tracing::debug!(reply = ?other, "{what} not set yet; retrying");
                 false
             }
         }
@@ -235,13 +257,16 @@ where
     }
 }
 
-/// The registry's range, read once the local state has applied the leader's read index.
-async fn current_range(ctx: &ServerCtx) -> Result<Ipv4Cidr, String> {
+/// A read of the local state once it has applied the leader's read index.
+async fn consistent_read<T>(
+    ctx: &ServerCtx,
+    read: impl Fn(&registry::State) -> T,
+) -> Result<T, String> {
     let index = ctx.read_index().await.map_err(|e| e.to_string())?;
     if !ctx.registry.wait_applied(index, RETRY * 5).await {
         return Err(format!(
             "the local state did not reach the read index {index}"
         ));
     }
-    Ok(ctx.registry.read().virtual_ip_range())
+    Ok(read(&ctx.registry.read()))
 }

@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::RuntimeConfig;
 use crate::store::Store;
 use crate::transport::tls::TlsMaterial;
-use crate::transport::{Transport, TransportMetrics, SERVER_ALPNS};
+use crate::transport::{Transport, TransportMetrics, AGENT_ALPNS, SERVER_ALPNS};
 use client::ClusterClient;
 use liveness::{Liveness, LivenessMetrics};
 use proto::{Heartbeat, ServerInfo};
@@ -48,7 +48,8 @@ pub struct Cluster {
     /// The QUIC address other hosts reach this one at.
     pub advertise: SocketAddr,
     node: String,
-    transport: Arc<Transport>,
+    /// The host's QUIC endpoint (the data plane opens tunnels on it).
+    pub transport: Arc<Transport>,
     registry: Option<Registry>,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -253,6 +254,13 @@ impl Cluster {
             cfg.dns.virtual_ip_range.clone(),
             cancel.clone(),
         ));
+        if let Some(action) = cfg.connect.default_intention_policy {
+            tasks.spawn(bootstrap::set_default_intention_policy(
+                ctx.clone(),
+                action,
+                cancel.clone(),
+            ));
+        }
         let hb = Heartbeat {
             node: cfg.node_name.clone(),
             addr: advertise.to_string(),
@@ -303,7 +311,7 @@ impl Cluster {
             return Ok(None);
         };
         transport
-            .set_identity(material, &[])
+            .set_identity(material, AGENT_ALPNS)
             .context("installing the node certificate")?;
         let local = transport.local_addr().context("QUIC local address")?;
         let advertise = SocketAddr::new(cc.advertise_ip, local.port());
@@ -323,6 +331,13 @@ impl Cluster {
         );
         let lm = LivenessMetrics::register(metrics);
         let tasks = TaskTracker::new();
+        // An agent serves tunnels only (their handler is set when the data plane starts).
+        let refuse: crate::transport::Handler = Arc::new(|s| {
+            Box::pin(async move {
+                tracing::debug!(remote = %s.remote, alpn = %String::from_utf8_lossy(&s.alpn), "stream refused: an agent serves tunnels only");
+            })
+        });
+        tasks.spawn(transport.clone().serve(refuse, cancel.clone()));
         tasks.spawn(watch::run(view.clone(), client.clone(), wm, cancel.clone()));
         let hb = Heartbeat {
             node: cfg.node_name.clone(),

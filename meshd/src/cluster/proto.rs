@@ -86,6 +86,13 @@ pub enum Request {
     Peers,
     /// Stream the registry from `from` (0: a full snapshot first).
     Watch { from: u64 },
+    /// Sign a service leaf for the key of `csr_pem`, valid `ttl_secs`: only for a service
+    /// registered on the asking node.
+    SignLeaf {
+        service: String,
+        csr_pem: String,
+        ttl_secs: u64,
+    },
 }
 
 /// Why a request failed.
@@ -122,6 +129,10 @@ pub enum Reply {
         servers: Vec<String>,
     },
     Peers(Vec<PeerInfo>),
+    /// A signed service leaf (PEM).
+    Leaf {
+        cert_pem: String,
+    },
     Error {
         kind: ErrorKind,
         message: String,

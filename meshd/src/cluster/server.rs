@@ -68,8 +68,15 @@ impl ServerCtx {
     }
 
     async fn serve_rpc(self: Arc<Self>, mut s: Incoming) {
-        let Some(peer) = s.peer.clone() else {
-            let reply = error(ErrorKind::Forbidden, "a client certificate is required");
+        let Some(peer) = s
+            .peer
+            .clone()
+            .filter(|p| !matches!(p.identity, Identity::Service(_)))
+        else {
+            let reply = error(
+                ErrorKind::Forbidden,
+                "a server or node certificate is required (service leaves are for tunnels)",
+            );
             let _ = write_frame(&mut s.send, &reply).await;
             let _ = s.send.finish();
             return;
@@ -168,6 +175,19 @@ impl ServerCtx {
             Request::RemovePeer { id, addr } => self.remove_peer(id, addr, from_server).await,
             Request::Peers => Reply::Peers(self.peer_infos()),
             Request::Watch { .. } => error(ErrorKind::BadRequest, "watch is a stream"),
+            Request::SignLeaf {
+                service,
+                csr_pem,
+                ttl_secs,
+            } => match who {
+                Identity::Node(n) | Identity::Server(n) => {
+                    match self.sign_leaf(n, &service, &csr_pem, Duration::from_secs(ttl_secs)) {
+                        Ok(cert_pem) => Reply::Leaf { cert_pem },
+                        Err(e) => e,
+                    }
+                }
+                Identity::Service(_) => error(ErrorKind::Forbidden, "not a node"),
+            },
         }
     }
 
@@ -518,17 +538,9 @@ impl ServerCtx {
                 ),
             );
         }
-        let root = self.registry.read().active_ca_root().cloned();
-        let Some(root) = root.filter(|r| !r.key_pem.is_empty()) else {
-            return refuse(
-                ErrorKind::Unavailable,
-                "the cluster has no CA key yet (bootstrapping); retry".into(),
-            );
-        };
-        let bundle = CaBundle {
-            cert_pem: root.cert_pem.clone(),
-            key_pem: root.key_pem.clone(),
-            trust_domain: root.trust_domain.clone(),
+        let bundle = match self.signing_root() {
+            Ok(b) => b,
+            Err(message) => return refuse(ErrorKind::Unavailable, message),
         };
         match ca::sign_node_csr(
             &bundle,
@@ -539,11 +551,52 @@ impl ServerCtx {
         ) {
             Ok(cert_pem) => EnrollReply::Enrolled {
                 cert_pem,
-                ca_pem: root.cert_pem,
+                ca_pem: bundle.cert_pem,
                 servers: self.registry.peers().into_iter().map(|p| p.addr).collect(),
             },
             Err(e) => refuse(ErrorKind::BadRequest, format!("CSR refused: {e}")),
         }
+    }
+}
+
+impl ServerCtx {
+    /// The active root with its key, to sign with.
+    fn signing_root(&self) -> Result<CaBundle, String> {
+        let st = self.registry.read();
+        match st.active_ca_root().filter(|r| !r.key_pem.is_empty()) {
+            Some(root) => Ok(CaBundle {
+                cert_pem: root.cert_pem.clone(),
+                key_pem: root.key_pem.clone(),
+                trust_domain: root.trust_domain.clone(),
+            }),
+            None => Err("the cluster has no CA key yet (bootstrapping); retry".into()),
+        }
+    }
+
+    /// Signs a leaf for `service` if an instance of it is registered on `node`.
+    pub fn sign_leaf(
+        &self,
+        node: &str,
+        service: &str,
+        csr_pem: &str,
+        ttl: Duration,
+    ) -> Result<String, Reply> {
+        let registered = self
+            .registry
+            .read()
+            .node_services(node)
+            .any(|s| s.service == service);
+        if !registered {
+            return Err(error(
+                ErrorKind::Forbidden,
+                format!("service {service:?} is not registered on node {node:?}"),
+            ));
+        }
+        let bundle = self
+            .signing_root()
+            .map_err(|m| error(ErrorKind::Unavailable, m))?;
+        ca::sign_service_csr(&bundle, csr_pem, service, ttl)
+            .map_err(|e| error(ErrorKind::BadRequest, format!("leaf refused: {e}")))
     }
 }
 

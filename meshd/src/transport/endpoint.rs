@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -23,6 +23,8 @@ use super::tls::{self, TlsMaterial};
 /// Bound of a QUIC handshake: hosts of a mesh answer in milliseconds; a dead one should not
 /// hold a caller (a write, a failover) for long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Socket buffer size asked for the endpoint's UDP socket, each way.
+const UDP_BUFFER: usize = 8 << 20;
 
 /// A stream accepted from a peer.
 pub struct Incoming {
@@ -76,6 +78,8 @@ fn names_certificate(reason: &str) -> bool {
 struct Identity {
     roots: Vec<rustls_pki_types::CertificateDer<'static>>,
     material: Option<TlsMaterial>,
+    /// The protocols served (none until an agent has its certificate).
+    alpns: Vec<Vec<u8>>,
 }
 
 /// Metrics of the endpoint.
@@ -94,6 +98,8 @@ pub struct Transport {
     clients: Mutex<HashMap<Vec<u8>, quinn::ClientConfig>>,
     conns: Mutex<HashMap<(SocketAddr, Vec<u8>), quinn::Connection>>,
     metrics: TransportMetrics,
+    /// Where streams of [`super::ALPN_TUNNEL`] go, once the data plane runs.
+    tunnel: OnceLock<Handler>,
 }
 
 impl Transport {
@@ -119,6 +125,11 @@ impl Transport {
             addr,
             reason: format!("bind UDP: {e}"),
         })?;
+        // Large buffers keep bulk tunnels from dropping datagrams (see STACK.md); the kernel
+        // caps them at net.core.{r,w}mem_max.
+        let s2 = socket2::SockRef::from(&socket);
+        let _ = s2.set_recv_buffer_size(UDP_BUFFER);
+        let _ = s2.set_send_buffer_size(UDP_BUFFER);
         let runtime = quinn::default_runtime().ok_or_else(|| TransportError::Connect {
             addr,
             reason: "no async runtime".into(),
@@ -132,10 +143,15 @@ impl Transport {
         Ok(Transport {
             endpoint,
             server_name,
-            identity: RwLock::new(Identity { roots, material }),
+            identity: RwLock::new(Identity {
+                roots,
+                material,
+                alpns: alpns.iter().map(|a| a.to_vec()).collect(),
+            }),
             clients: Mutex::default(),
             conns: Mutex::default(),
             metrics,
+            tunnel: OnceLock::new(),
         })
     }
 
@@ -161,6 +177,7 @@ impl Transport {
             .unwrap_or_else(PoisonError::into_inner);
         id.roots = material.roots.clone();
         id.material = Some(material);
+        id.alpns = alpns.iter().map(|a| a.to_vec()).collect();
         self.clients
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -172,7 +189,95 @@ impl Transport {
         Ok(())
     }
 
-    fn client_config(&self, alpn: &[u8]) -> Result<quinn::ClientConfig, TransportError> {
+    /// Trusts exactly `roots` from now on (a CA rotation adds one), for new connections both
+    /// ways; open connections stay.
+    pub fn set_roots(
+        &self,
+        roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    ) -> Result<(), TransportError> {
+        let mut id = self
+            .identity
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if id.roots == roots {
+            return Ok(());
+        }
+        let id = &mut *id;
+        if let Some(m) = id.material.as_mut() {
+            m.roots = roots.clone();
+            if !id.alpns.is_empty() {
+                let alpns: Vec<&[u8]> = id.alpns.iter().map(|a| a.as_slice()).collect();
+                let server = tls::quic_server_config(m, &alpns, true)
+                    .map_err(|e| TransportError::Tls(e.to_string()))?;
+                self.endpoint.set_server_config(Some(server));
+            }
+        }
+        id.roots = roots;
+        self.clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        Ok(())
+    }
+
+    /// The roots trusted now.
+    pub fn roots(&self) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+        self.identity
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .roots
+            .clone()
+    }
+
+    /// Sends streams of the tunnel ALPN to `handler` (set once, when the data plane starts).
+    pub fn set_tunnel_handler(&self, handler: Handler) {
+        let _ = self.tunnel.set(handler);
+    }
+
+    /// A new connection to `addr` with a caller-built client config (a service identity),
+    /// verifying the peer by `server_name`; not cached here.
+    pub async fn connect_with(
+        &self,
+        cfg: quinn::ClientConfig,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<quinn::Connection, TransportError> {
+        let connecting = self
+            .endpoint
+            .connect_with(cfg, addr, server_name)
+            .map_err(|e| TransportError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?;
+        self.handshake(addr, connecting).await
+    }
+
+    async fn handshake(
+        &self,
+        addr: SocketAddr,
+        connecting: quinn::Connecting,
+    ) -> Result<quinn::Connection, TransportError> {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => {
+                self.count_handshake_failure("outbound", &e.to_string());
+                Err(TransportError::Connect {
+                    addr,
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => {
+                self.count_handshake_failure("outbound", "timed out");
+                Err(TransportError::Connect {
+                    addr,
+                    reason: format!("handshake timed out after {HANDSHAKE_TIMEOUT:?}"),
+                })
+            }
+        }
+    }
+
+    /// A client config presenting this host's own certificate (cached per ALPN).
+    pub fn client_config(&self, alpn: &[u8]) -> Result<quinn::ClientConfig, TransportError> {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = clients.get(alpn) {
             return Ok(c.clone());
@@ -210,22 +315,7 @@ impl Transport {
                 addr,
                 reason: e.to_string(),
             })?;
-        let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                self.count_handshake_failure("outbound", &e.to_string());
-                return Err(TransportError::Connect {
-                    addr,
-                    reason: e.to_string(),
-                });
-            }
-            Err(_) => {
-                return Err(TransportError::Connect {
-                    addr,
-                    reason: format!("handshake timed out after {HANDSHAKE_TIMEOUT:?}"),
-                })
-            }
-        };
+        let conn = self.handshake(addr, connecting).await?;
         self.conns
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -359,13 +449,21 @@ impl Transport {
                             Err(_) => break,
                         },
                     };
-                    streams.spawn(handler(Incoming {
+                    let incoming = Incoming {
                         alpn: alpn.clone(),
                         peer: peer.clone(),
                         remote,
                         send,
                         recv,
-                    }));
+                    };
+                    if alpn == super::ALPN_TUNNEL {
+                        match this.tunnel.get() {
+                            Some(h) => streams.spawn(h(incoming)),
+                            None => continue,
+                        };
+                    } else {
+                        streams.spawn(handler(incoming));
+                    }
                 }
                 streams.close();
                 this.metrics.connections.dec();

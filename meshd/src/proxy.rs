@@ -1,0 +1,274 @@
+//! The data plane: outbound listeners (virtual IPs and explicit upstreams), mutual-TLS QUIC
+//! tunnels between hosts, the inbound intention check and splice, load balancing and limits.
+//!
+//! - [`listeners`]: the local ports, kept in step with the registry;
+//! - [`outbound`]: the caller side (who is calling, limits, endpoint choice, retries);
+//! - [`tunnel`]: the stream header and answer, and the caller side's QUIC connections;
+//! - [`inbound`]: the destination side (identity, intentions, local instance);
+//! - [`splice`]: bytes both ways with half-close and resets carried over;
+//! - [`leaves`]: this host's service certificates and the trusted roots;
+//! - [`balance`]: endpoint choice (round robin, least request with two choices, consistent
+//!   hash on the caller's address), weighted;
+//! - [`caller`]: who is calling a local listener (the uid that owns the caller's socket);
+//! - [`metrics`].
+
+pub mod balance;
+pub mod caller;
+pub mod inbound;
+pub mod leaves;
+pub mod listeners;
+pub mod metrics;
+pub mod outbound;
+pub mod splice;
+pub mod tunnel;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use registry::config_entry::{Limits, SERVICE_DEFAULTS};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::store::Store;
+use crate::transport::Transport;
+use balance::{Balancer, Policy};
+use leaves::Leaves;
+use metrics::{Pair, ProxyMetrics};
+
+/// How long shutdown waits for proxied connections to finish.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// What the data plane shares between its tasks.
+pub struct Inner {
+    pub store: Store,
+    pub node: String,
+    pub datacenter: String,
+    pub transport: Arc<Transport>,
+    pub leaves: Arc<Leaves>,
+    pub metrics: ProxyMetrics,
+    connections: tunnel::Connections,
+    balancers: Mutex<HashMap<String, Arc<Balancer>>>,
+    counts: Mutex<HashMap<String, Arc<DestCounts>>>,
+    /// Registration `user` → uid (`None`: no such user), resolved once.
+    users: Mutex<HashMap<String, Option<u32>>>,
+    tasks: TaskTracker,
+}
+
+/// Connections toward one destination from this host.
+#[derive(Default)]
+pub struct DestCounts {
+    pub active: AtomicU32,
+    pub pending: AtomicU32,
+}
+
+/// Decrements a counter when dropped.
+pub struct Held<'a>(&'a AtomicU32);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl DestCounts {
+    pub fn hold_active(&self) -> Held<'_> {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Held(&self.active)
+    }
+
+    pub fn hold_pending(&self) -> Held<'_> {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        Held(&self.pending)
+    }
+}
+
+/// Counts a connection open while it lives (opened, active, closed).
+pub struct OpenGuard {
+    metrics: ProxyMetrics,
+    pair: Pair,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.metrics.active.get_or_create(&self.pair).dec();
+        self.metrics.closed.get_or_create(&self.pair).inc();
+    }
+}
+
+impl Inner {
+    fn trust_domain(&self) -> String {
+        self.store
+            .read()
+            .active_ca_root()
+            .map(|r| r.trust_domain.clone())
+            .unwrap_or_default()
+    }
+
+    fn counters(&self, pair: &Pair) -> splice::Counters {
+        inbound::counters_for(&self.metrics, pair)
+    }
+
+    fn open_guard(&self, pair: Pair) -> OpenGuard {
+        self.metrics.opened.get_or_create(&pair).inc();
+        self.metrics.active.get_or_create(&pair).inc();
+        OpenGuard {
+            metrics: self.metrics.clone(),
+            pair,
+        }
+    }
+
+    /// The caps of `destination`'s `service-defaults` entry.
+    fn limits(&self, destination: &str) -> Limits {
+        self.store
+            .read()
+            .config_entry(SERVICE_DEFAULTS, destination)
+            .and_then(|e| e.limits)
+            .unwrap_or_default()
+    }
+
+    fn dest_counts(&self, destination: &str) -> Arc<DestCounts> {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(destination.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The balancer of `destination`, made anew when its policy changed.
+    fn balancer(&self, destination: &str) -> Arc<Balancer> {
+        let policy = self
+            .store
+            .read()
+            .config_entry(SERVICE_DEFAULTS, destination)
+            .and_then(|e| Policy::parse(e.policy()).ok())
+            .unwrap_or_default();
+        let mut map = self
+            .balancers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match map.get(destination) {
+            Some(b) if b.policy() == policy => b.clone(),
+            _ => {
+                tracing::debug!(%destination, policy = policy.as_str(), "load balancing policy");
+                let b = Arc::new(Balancer::new(policy));
+                map.insert(destination.to_string(), b.clone());
+                b
+            }
+        }
+    }
+
+    /// Which local service a connection to a virtual IP comes from: the one registered with
+    /// the `user` owning the caller's socket, else the host's only service; `None`: the node.
+    fn attribute(&self, local: SocketAddr, peer: SocketAddr) -> Option<String> {
+        let services: Vec<(String, String)> = self
+            .store
+            .read()
+            .node_services(&self.node)
+            .map(|s| (s.service.clone(), s.user.clone()))
+            .collect();
+        let uid = if peer.ip().is_loopback() {
+            caller::socket_uid(local, peer).ok().flatten()
+        } else {
+            None
+        };
+        if let Some(uid) = uid {
+            let by_user: BTreeSet<&str> = services
+                .iter()
+                .filter(|(_, user)| !user.is_empty() && self.uid_of(user) == Some(uid))
+                .map(|(name, _)| name.as_str())
+                .collect();
+            if by_user.len() == 1 {
+                return by_user.into_iter().next().map(str::to_string);
+            }
+            if by_user.len() > 1 {
+                return None;
+            }
+        }
+        let names: BTreeSet<&str> = services.iter().map(|(n, _)| n.as_str()).collect();
+        if names.len() == 1 {
+            return names.into_iter().next().map(str::to_string);
+        }
+        None
+    }
+
+    fn uid_of(&self, user: &str) -> Option<u32> {
+        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        *users.entry(user.to_string()).or_insert_with(|| {
+            caller::resolve_user(user)
+                .map_err(|e| tracing::warn!(%user, error = %e, "a registration's user is unknown"))
+                .ok()
+        })
+    }
+}
+
+/// The running data plane; owns its tasks.
+pub struct Proxy {
+    inner: Arc<Inner>,
+    cancel: CancellationToken,
+}
+
+/// What the data plane needs from the agent.
+pub struct ProxyConfig {
+    pub node: String,
+    pub datacenter: String,
+    /// Lifetime of service leaves.
+    pub leaf_ttl: Duration,
+}
+
+impl Proxy {
+    /// Starts the leaves, the listeners and the tunnel handler.
+    pub fn start(
+        cfg: ProxyConfig,
+        store: Store,
+        transport: Arc<Transport>,
+        registry: &mut prometheus_client::registry::Registry,
+        cancel: CancellationToken,
+    ) -> Proxy {
+        let metrics = ProxyMetrics::new(registry);
+        let leaves = Arc::new(Leaves::new(cfg.node.clone(), cfg.leaf_ttl));
+        let inner = Arc::new(Inner {
+            store: store.clone(),
+            node: cfg.node,
+            datacenter: cfg.datacenter,
+            transport: transport.clone(),
+            leaves: leaves.clone(),
+            metrics: metrics.clone(),
+            connections: tunnel::Connections::default(),
+            balancers: Mutex::default(),
+            counts: Mutex::default(),
+            users: Mutex::default(),
+            tasks: TaskTracker::new(),
+        });
+        let handler_inner = inner.clone();
+        transport.set_tunnel_handler(Arc::new(move |s| {
+            Box::pin(inbound::serve(handler_inner.clone(), s))
+        }));
+        inner
+            .tasks
+            .spawn(leaves.run(store, transport, metrics, cancel.clone()));
+        inner
+            .tasks
+            .spawn(listeners::run(inner.clone(), cancel.clone()));
+        Proxy { inner, cancel }
+    }
+
+    pub fn leaves(&self) -> Arc<Leaves> {
+        self.inner.leaves.clone()
+    }
+
+    /// Stops accepting and waits (bounded) for proxied connections to end.
+    pub async fn stop(&self) {
+        self.cancel.cancel();
+        self.inner.tasks.close();
+        if tokio::time::timeout(DRAIN, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!("proxied connections still open after {DRAIN:?}; closing them");
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The destination side of a tunnel: who is calling (the certificate the QUIC connection was
+//! verified with), whether the intentions let them, which local instance they want; then a
+//! connection to that instance (normally on loopback, so the mesh is the only way in from
+//! other hosts) and the splice. A refused stream is answered with its reason, closed at once
+//! and counted.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use registry::ca::Identity;
+use registry::intention::Caller;
+
+use super::metrics::Pair;
+use super::splice::{self, Counters};
+use super::tunnel::{answer, Header, Status};
+use super::Inner;
+use crate::transport::Incoming;
+
+/// Bound for a caller to send its header.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound for the local instance to accept.
+const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves one tunnel stream.
+pub async fn serve(inner: Arc<Inner>, mut s: Incoming) {
+    let (source, caller_node) = match &s.peer {
+        Some(p) if p.trust_domain == inner.trust_domain() => match &p.identity {
+            Identity::Service(n) => (n.clone(), None),
+            Identity::Node(n) | Identity::Server(n) => (format!("node:{n}"), Some(n.clone())),
+        },
+        other => {
+            let why = match other {
+                None => "no client certificate".to_string(),
+                Some(p) => format!("trust domain {:?} is not this mesh's", p.trust_domain),
+            };
+            inner.metrics.refuse("", "", "no_certificate");
+            tracing::info!(remote = %s.remote, %why, "tunnel refused");
+            refuse(&mut s, Status::Unauthenticated, &why).await;
+            return;
+        }
+    };
+    let header = match tokio::time::timeout(HEADER_TIMEOUT, Header::read(&mut s.recv)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            inner.metrics.refuse(&source, "", "bad_header");
+            tracing::info!(remote = %s.remote, %source, error = %e, "tunnel refused: bad header");
+            refuse(&mut s, Status::BadHeader, &e.to_string()).await;
+            return;
+        }
+        Err(_) => {
+            inner.metrics.refuse(&source, "", "bad_header");
+            refuse(&mut s, Status::BadHeader, "no header in time").await;
+            return;
+        }
+    };
+    let destination = header.service.clone();
+    let (decision, target) = {
+        let st = inner.store.read();
+        let caller = match &caller_node {
+            Some(n) => Caller::Node(n),
+            None => Caller::Service(&source),
+        };
+        let decision = st.check_intention(caller, &destination);
+        let target = st
+            .node_services(&inner.node)
+            .filter(|svc| svc.service == destination)
+            .filter(|svc| header.instance.is_empty() || svc.id == header.instance)
+            .find(|svc| svc.port == header.port || !header.instance.is_empty())
+            .map(|svc| local_addr(&svc.address, svc.port));
+        (decision, target)
+    };
+    let pair = Pair {
+        source: source.clone(),
+        destination: destination.clone(),
+        direction: "inbound",
+    };
+    if !decision.allowed {
+        inner.metrics.denied.get_or_create(&pair).inc();
+        let by = decision
+            .matched
+            .map(|i| {
+                format!(
+                    "intention {} ({} => {})",
+                    i.id, i.source_name, i.destination_name
+                )
+            })
+            .unwrap_or_else(|| "the default intention policy".into());
+        tracing::info!(%source, %destination, %by, "connection denied");
+        refuse(&mut s, Status::Denied, &format!("denied by {by}")).await;
+        return;
+    }
+    let Some(target) = target else {
+        inner.metrics.refuse(&source, &destination, "no_instance");
+        refuse(&mut s, Status::NoInstance, "no such instance on this host").await;
+        return;
+    };
+    let started = Instant::now();
+    let tcp = match tokio::time::timeout(
+        LOCAL_CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect(target),
+    )
+    .await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            inner
+                .metrics
+                .refuse(&source, &destination, "connect_failed");
+            tracing::debug!(%destination, %target, error = %e, "local instance refused");
+            refuse(&mut s, Status::ConnectFailed, &e.to_string()).await;
+            return;
+        }
+        Err(_) => {
+            inner
+                .metrics
+                .refuse(&source, &destination, "connect_failed");
+            refuse(&mut s, Status::ConnectFailed, "local connect timed out").await;
+            return;
+        }
+    };
+    inner
+        .metrics
+        .connect_seconds
+        .get_or_create(&super::metrics::Dest {
+            destination: destination.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    if s.send.write_all(&answer(Status::Ok, "")).await.is_err() {
+        return;
+    }
+    let counters = inner.counters(&pair);
+    let _open = inner.open_guard(pair);
+    splice::tcp_tunnel(tcp, s.send, s.recv, &counters).await;
+}
+
+/// A local instance's address: its own, or loopback when it registered none.
+pub fn local_addr(address: &str, port: u16) -> SocketAddr {
+    let ip = address
+        .parse::<IpAddr>()
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    SocketAddr::new(ip, port)
+}
+
+async fn refuse(s: &mut Incoming, status: Status, why: &str) {
+    let _ = s.send.write_all(&answer(status, why)).await;
+    let _ = s.send.finish();
+    let _ = s.recv.stop(0u32.into());
+}
+
+/// The counters of one connection's bytes.
+pub fn counters_for(m: &super::metrics::ProxyMetrics, pair: &Pair) -> Counters {
+    let bytes = |flow| {
+        m.bytes
+            .get_or_create(&super::metrics::Bytes {
+                source: pair.source.clone(),
+                destination: pair.destination.clone(),
+                direction: pair.direction,
+                flow,
+            })
+            .clone()
+    };
+    match pair.direction {
+        // Outbound: the TCP side is the caller.
+        "outbound" => Counters {
+            tcp_to_tunnel: bytes("to_destination"),
+            tunnel_to_tcp: bytes("to_source"),
+        },
+        _ => Counters {
+            tcp_to_tunnel: bytes("to_source"),
+            tunnel_to_tcp: bytes("to_destination"),
+        },
+    }
+}

@@ -1,0 +1,148 @@
+//! Prometheus metrics of the data plane, per source and destination service.
+//!
+//! `source` is the caller's identity as this host knows it (a service name, or `node:<name>`
+//! for traffic without a service identity); `destination` is the service called. Both are
+//! bounded by the registry's names.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Pair {
+    pub source: String,
+    pub destination: String,
+    /// `outbound` (this host is the caller's side) or `inbound`.
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Bytes {
+    pub source: String,
+    pub destination: String,
+    pub direction: &'static str,
+    /// `to_destination` or `to_source`.
+    pub flow: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Refusal {
+    pub source: String,
+    pub destination: String,
+    /// `max_connections`, `max_pending_connects`, `no_endpoint`, `connect_failed`,
+    /// `no_certificate`, `bad_header`, `no_instance`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Dest {
+    pub destination: String,
+}
+
+/// The data plane's metrics; cheap to clone.
+#[derive(Clone)]
+pub struct ProxyMetrics {
+    pub opened: Family<Pair, Counter>,
+    pub closed: Family<Pair, Counter>,
+    pub active: Family<Pair, Gauge>,
+    pub denied: Family<Pair, Counter>,
+    pub refused: Family<Refusal, Counter>,
+    pub bytes: Family<Bytes, Counter>,
+    pub connect_seconds: Family<Dest, Histogram>,
+    pub connect_retries: Family<Dest, Counter>,
+    pub tunnels: Gauge,
+    pub leaves_issued: Counter,
+    pub leaf_errors: Counter,
+}
+
+impl ProxyMetrics {
+    pub fn new(registry: &mut Registry) -> ProxyMetrics {
+        let m = ProxyMetrics {
+            opened: Family::default(),
+            closed: Family::default(),
+            active: Family::default(),
+            denied: Family::default(),
+            refused: Family::default(),
+            bytes: Family::default(),
+            connect_seconds: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                    2.5,
+                ])
+            }),
+            connect_retries: Family::default(),
+            tunnels: Gauge::default(),
+            leaves_issued: Counter::default(),
+            leaf_errors: Counter::default(),
+        };
+        registry.register(
+            "meshd_proxy_connections_opened",
+            "Proxied connections opened, by source and destination service and direction",
+            m.opened.clone(),
+        );
+        registry.register(
+            "meshd_proxy_connections_closed",
+            "Proxied connections closed",
+            m.closed.clone(),
+        );
+        registry.register(
+            "meshd_proxy_connections_active",
+            "Proxied connections open now",
+            m.active.clone(),
+        );
+        registry.register(
+            "meshd_proxy_connections_denied",
+            "Connections refused by an intention or the default intention policy",
+            m.denied.clone(),
+        );
+        registry.register(
+            "meshd_proxy_connections_refused",
+            "Connections refused for another reason (limits, no endpoint, connect failures, no certificate)",
+            m.refused.clone(),
+        );
+        registry.register(
+            "meshd_proxy_bytes",
+            "Bytes spliced, toward the destination and back toward the source",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "meshd_proxy_connect_duration_seconds",
+            "Time from accepting a connection to the destination answering (tunnel or direct)",
+            m.connect_seconds.clone(),
+        );
+        registry.register(
+            "meshd_proxy_connect_retries",
+            "Endpoints that failed a connection, retried on another",
+            m.connect_retries.clone(),
+        );
+        registry.register(
+            "meshd_proxy_tunnels_active",
+            "QUIC tunnel connections this host holds open to other hosts",
+            m.tunnels.clone(),
+        );
+        registry.register(
+            "meshd_proxy_leaves_issued",
+            "Service leaf certificates this host obtained (first issue, renewal, rotation)",
+            m.leaves_issued.clone(),
+        );
+        registry.register(
+            "meshd_proxy_leaf_errors",
+            "Failed attempts to obtain a service leaf certificate",
+            m.leaf_errors.clone(),
+        );
+        m
+    }
+
+    pub fn refuse(&self, source: &str, destination: &str, reason: &'static str) {
+        self.refused
+            .get_or_create(&Refusal {
+                source: source.to_string(),
+                destination: destination.to_string(),
+                reason,
+            })
+            .inc();
+    }
+}
