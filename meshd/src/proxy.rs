@@ -170,7 +170,8 @@ impl Inner {
             .node_services(&self.node)
             .map(|s| (s.service.clone(), s.user.clone()))
             .collect();
-        let uid = if peer.ip().is_loopback() {
+        // The socket table is read only when some local service declares its user.
+        let uid = if peer.ip().is_loopback() && services.iter().any(|(_, u)| !u.is_empty()) {
             caller::socket_uid(local, peer).ok().flatten()
         } else {
             None

@@ -66,41 +66,42 @@ pub async fn handle(inner: Arc<Inner>, tcp: TcpStream, route: Arc<Route>) {
         .unwrap_or_else(|| format!("node:{}", inner.node));
     let limits = inner.limits(&destination);
     let counts = inner.dest_counts(&destination);
-    if limits.max_connections > 0 && counts.active.load(Ordering::Relaxed) >= limits.max_connections
-    {
-        inner
-            .metrics
-            .refuse(&source_label, &destination, "max_connections");
-        tracing::warn!(%destination, source = %source_label, limit = limits.max_connections,
-            "connection refused: the destination's MaxConnections limit is reached");
-        return reset(tcp);
-    }
-    if limits.max_pending_connects > 0
-        && counts.pending.load(Ordering::Relaxed) >= limits.max_pending_connects
-    {
-        inner
-            .metrics
-            .refuse(&source_label, &destination, "max_pending_connects");
-        tracing::warn!(%destination, source = %source_label, limit = limits.max_pending_connects,
-            "connection refused: the destination's MaxPendingConnects limit is reached");
-        return reset(tcp);
+    for (limit, count, reason, name) in [
+        (
+            limits.max_connections,
+            &counts.active,
+            "max_connections",
+            "MaxConnections",
+        ),
+        (
+            limits.max_pending_connects,
+            &counts.pending,
+            "max_pending_connects",
+            "MaxPendingConnects",
+        ),
+    ] {
+        if limit > 0 && count.load(Ordering::Relaxed) >= limit {
+            inner.metrics.refuse(&source_label, &destination, reason);
+            tracing::warn!(%destination, source = %source_label, limit,
+                "connection refused: the destination's {name} limit is reached");
+            return reset(tcp);
+        }
     }
     let _active = counts.hold_active();
     let pending = counts.hold_pending();
     let started = Instant::now();
     let listen_port = local.port();
     let balancer = inner.balancer(&destination);
+    let pair = Pair {
+        source: source_label.clone(),
+        destination: destination.clone(),
+        direction: "outbound",
+    };
     let mut exclude: Vec<String> = Vec::new();
     for attempt in 0..MAX_ATTEMPTS {
         let candidates = inner.endpoints(&destination, &route, listen_port);
-        let Some(ep) = balancer.pick(
-            &candidates
-                .iter()
-                .map(|t| t.endpoint.clone())
-                .collect::<Vec<_>>(),
-            &exclude,
-            peer.ip(),
-        ) else {
+        let endpoints: Vec<Endpoint> = candidates.iter().map(|t| t.endpoint.clone()).collect();
+        let Some(ep) = balancer.pick(&endpoints, &exclude, peer.ip()) else {
             break;
         };
         let Some(target) = candidates.into_iter().find(|t| t.endpoint.key == ep.key) else {
@@ -115,55 +116,45 @@ pub async fn handle(inner: Arc<Inner>, tcp: TcpStream, route: Arc<Route>) {
                 })
                 .inc();
         }
-        let in_flight = balancer.start(&ep.key);
-        let pair = Pair {
-            source: source_label.clone(),
-            destination: destination.clone(),
-            direction: "outbound",
-        };
-        match &target.quic {
-            None => match connect_local(target.endpoint.addr).await {
-                Ok(upstream) => {
-                    drop(pending);
-                    inner.observe_connect(&destination, started);
-                    let counters = inner.counters(&pair);
-                    let _open = inner.open_guard(pair);
-                    splice::tcp_tcp(tcp, upstream, &counters).await;
-                    drop(in_flight);
-                    return;
-                }
-                Err(e) => {
-                    tracing::debug!(%destination, addr = %target.endpoint.addr, error = %e, "local endpoint failed; trying another");
-                }
-            },
-            Some(quic) => match inner
-                .open_tunnel(source.as_deref(), &destination, &target, *quic)
+        let _in_flight = balancer.start(&ep.key);
+        let connected = match target.quic {
+            None => connect_local(target.endpoint.addr)
                 .await
-            {
-                Ok((send, recv)) => {
-                    drop(pending);
-                    inner.observe_connect(&destination, started);
-                    let counters = inner.counters(&pair);
-                    let _open = inner.open_guard(pair);
-                    splice::tcp_tunnel(tcp, send, recv, &counters).await;
-                    drop(in_flight);
-                    return;
-                }
-                Err(TunnelError::Final(status, why)) => {
-                    if status == Status::Denied {
-                        inner.metrics.denied.get_or_create(&pair).inc();
-                    } else {
-                        inner
-                            .metrics
-                            .refuse(&source_label, &destination, "refused_by_destination");
+                .map(Connected::Local)
+                .map_err(|e| TunnelError::Retry(e.to_string())),
+            Some(quic) => inner
+                .open_tunnel(source.as_deref(), &destination, &target, quic)
+                .await
+                .map(|(send, recv)| Connected::Tunnel(send, recv)),
+        };
+        match connected {
+            Ok(upstream) => {
+                drop(pending);
+                inner.observe_connect(&destination, started);
+                let counters = inner.counters(&pair);
+                let _open = inner.open_guard(pair);
+                match upstream {
+                    Connected::Local(up) => splice::tcp_tcp(tcp, up, &counters).await,
+                    Connected::Tunnel(send, recv) => {
+                        splice::tcp_tunnel(tcp, send, recv, &counters).await
                     }
-                    tracing::info!(%destination, source = %source_label, node = %target.endpoint.node, ?status, %why, "connection refused by the destination");
-                    return reset(tcp);
                 }
-                Err(TunnelError::Retry(why)) => {
-                    tracing::debug!(%destination, node = %target.endpoint.node, %why, "endpoint failed; trying another");
+                return;
+            }
+            Err(TunnelError::Final(status, why)) => {
+                if status == Status::Denied {
+                    inner.metrics.denied.get_or_create(&pair).inc();
+                } else {
+                    inner
+                        .metrics
+                        .refuse(&source_label, &destination, "refused_by_destination");
                 }
-            },
+                tracing::info!(%destination, source = %source_label, node = %target.endpoint.node, ?status, %why, "connection refused by the destination");
+                return reset(tcp);
+            }
+            Err(TunnelError::Retry(why)) => {
+                tracing::debug!(%destination, node = %target.endpoint.node, %why, "endpoint failed; trying another");
+            }
         }
         exclude.push(ep.key);
     }
@@ -191,6 +182,12 @@ async fn connect_local(addr: SocketAddr) -> std::io::Result<TcpStream> {
 /// Closes the caller's connection with a reset: it learns at once that nothing is there.
 fn reset(tcp: TcpStream) {
     let _ = tcp.set_zero_linger();
+}
+
+/// An endpoint that answered: on this host, or through a tunnel.
+enum Connected {
+    Local(TcpStream),
+    Tunnel(quinn::SendStream, quinn::RecvStream),
 }
 
 pub enum TunnelError {
