@@ -64,6 +64,77 @@ pub enum Command {
     /// Create the mesh CA and server certificates, offline, in the current directory.
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// Who may call whom: create, delete, list, get and check intentions.
+    #[command(subcommand)]
+    Intention(IntentionCommand),
+    /// The mesh CA: list the roots, rotate to a new one.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Config entries (`service-defaults`): write, read, list, delete.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IntentionCommand {
+    /// Create an intention from SRC to DST (allow unless --deny). `*` is any service;
+    /// `node:NAME` names a node identity as the source.
+    Create {
+        src: String,
+        dst: String,
+        /// Allow the connections (the default).
+        #[arg(long, conflicts_with = "deny")]
+        allow: bool,
+        /// Deny the connections.
+        #[arg(long)]
+        deny: bool,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Replace an existing intention of the same pair instead of failing.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Delete the intention from SRC to DST.
+    Delete { src: String, dst: String },
+    /// Show the intention from SRC to DST.
+    Get { src: String, dst: String },
+    /// List every intention, highest precedence first.
+    List,
+    /// Whether SRC may connect to DST: exit 0 when allowed, 2 when denied.
+    Check { src: String, dst: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// List the trusted roots; the active one signs new certificates.
+    Roots,
+    /// Add a new active root: leaves are re-issued under it, the old roots stay trusted.
+    Rotate,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Write the config entry in FILE (JSON; `-` reads stdin).
+    Write { file: PathBuf },
+    /// Show one config entry.
+    Read {
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// List the config entries of a kind.
+    List {
+        #[arg(long)]
+        kind: String,
+    },
+    /// Delete one config entry.
+    Delete {
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

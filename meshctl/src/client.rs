@@ -364,6 +364,19 @@ impl Client {
         Ok((answer.body, index))
     }
 
+    /// POST a JSON body (`None`: no body); returns the answer's JSON, if any.
+    pub fn post_json(
+        &self,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Option<Value>, ClientError> {
+        let bytes = body.map(|b| serde_json::to_vec(b).expect("a JSON value always serializes"));
+        let answer = self
+            .send(Method::POST, path, bytes, false)?
+            .unwrap_or_default();
+        Self::decode(Method::POST, path, &answer)
+    }
+
     /// DELETE; returns the answer's JSON, if any.
     pub fn delete(&self, path: &str) -> Result<Option<Value>, ClientError> {
         let answer = self

@@ -1,7 +1,10 @@
 //! The commands, one file per group; [`run`] dispatches a parsed command line.
 
+mod ca;
 mod catalog;
+mod config;
 mod health;
+mod intention;
 mod kv;
 mod leave;
 mod members;
@@ -62,5 +65,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Operator(cmd) => operator::run(&ctx, cmd),
         Command::Snapshot(cmd) => snapshot::run(&ctx, cmd),
         Command::Tls(cmd) => tls::run(ctx.format, cmd),
+        Command::Intention(cmd) => intention::run(&ctx, cmd),
+        Command::Ca(cmd) => ca::run(&ctx, cmd),
+        Command::Config(cmd) => config::run(&ctx, cmd),
     }
 }

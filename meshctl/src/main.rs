@@ -6,9 +6,11 @@
 //! - [`client`]: the HTTP calls, address parsing and the error type that names the cause;
 //! - [`output`]: table and JSON rendering;
 //! - [`cmd`]: one file per command group (`members`, `services`, `service`, `catalog`,
-//!   `health`, `kv`, `leave`, `operator`, `snapshot`, and the offline `tls`).
+//!   `health`, `kv`, `leave`, `operator`, `snapshot`, `intention`, `ca`, `config`, and the
+//!   offline `tls`).
 //!
-//! Exit codes: 0 success, 1 any failure (one `Error: ...` line on stderr), 2 bad usage (clap).
+//! Exit codes: 0 success, 1 any failure (one `Error: ...` line on stderr), 2 bad usage (clap)
+//! or, for `intention check`, denied (as `consul intention check`).
 
 #![forbid(unsafe_code)]
 

@@ -15,11 +15,14 @@ mod agent;
 mod blocking;
 mod catalog;
 mod cluster;
+mod config_entries;
+mod connect_ca;
 mod connect_leaf;
 mod decode;
 mod definition;
 mod error;
 mod health;
+mod intentions;
 mod kv;
 mod mesh;
 mod metrics;
@@ -35,7 +38,7 @@ use axum::extract::{MatchedPath, Request, State as AxState};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::Router;
 use registry::{Applied, Command, Response as CmdResponse};
 use serde::Serialize;
@@ -145,6 +148,33 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route(
             "/v1/agent/connect/ca/leaf/{service}",
             get(connect_leaf::leaf),
+        )
+        .route("/v1/agent/connect/ca/roots", get(connect_ca::roots))
+        .route("/v1/connect/ca/roots", get(connect_ca::roots))
+        .route("/v1/mesh/ca/rotate", post(connect_ca::rotate))
+        .route(
+            "/v1/connect/intentions",
+            get(intentions::list).post(intentions::create),
+        )
+        .route(
+            "/v1/connect/intentions/exact",
+            get(intentions::get_exact)
+                .put(intentions::put_exact)
+                .delete(intentions::delete_exact),
+        )
+        .route("/v1/connect/intentions/check", get(intentions::check))
+        .route("/v1/connect/intentions/match", get(intentions::matches))
+        .route(
+            "/v1/connect/intentions/{id}",
+            get(intentions::get_id)
+                .put(intentions::put_id)
+                .delete(intentions::delete_id),
+        )
+        .route("/v1/config", put(config_entries::put))
+        .route("/v1/config/{kind}", get(config_entries::list))
+        .route(
+            "/v1/config/{kind}/{name}",
+            get(config_entries::get).delete(config_entries::delete),
         )
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))

@@ -336,7 +336,13 @@ pub fn sign_service_csr(
         identity: Identity::Service(service.to_string()),
     };
     let lifetime = Duration::try_from(ttl).map_err(|_| CaError::InvalidTtl(ttl))?;
-    sign_leaf(ca, &public_key, service, vec![uri_san(&id.uri())?], lifetime)
+    sign_leaf(
+        ca,
+        &public_key,
+        service,
+        vec![uri_san(&id.uri())?],
+        lifetime,
+    )
 }
 
 /// When the first certificate of `pem` stops being valid.
@@ -727,14 +733,20 @@ mod tests {
             .expect("not after")
             .duration_since(SystemTime::now())
             .expect("in the future");
-        assert!(left <= ttl && left > ttl - std::time::Duration::from_secs(5), "{left:?}");
+        assert!(
+            left <= ttl && left > ttl - std::time::Duration::from_secs(5),
+            "{left:?}"
+        );
         assert!(matches!(
             sign_service_csr(&ca, &csr, "api", std::time::Duration::from_secs(59)),
             Err(CaError::InvalidTtl(_))
         ));
         assert!(sign_service_csr(&ca, "not a csr", "api", ttl).is_err());
         let summary = cert_summary(&pem).expect("summary");
-        assert!(summary.serial.contains(':') && summary.not_after.ends_with('Z'), "{summary:?}");
+        assert!(
+            summary.serial.contains(':') && summary.not_after.ends_with('Z'),
+            "{summary:?}"
+        );
         assert!(sign_service_csr(&ca, &csr, "bad name!", ttl).is_err());
     }
 

@@ -180,7 +180,15 @@ pub async fn set_virtual_ip_range(ctx: Arc<ServerCtx>, cidr: String, cancel: Can
     let cmd = Command::VirtualIpRange {
         cidr: range.to_string(),
     };
-    ensure_setting(ctx, cancel, "virtual IP range", range, |st| st.virtual_ip_range(), cmd).await
+    ensure_setting(
+        ctx,
+        cancel,
+        "virtual IP range",
+        range,
+        |st| st.virtual_ip_range(),
+        cmd,
+    )
+    .await
 }
 
 /// Sets the cluster-wide default intention policy to this server's configured one.

@@ -395,7 +395,7 @@ impl Cluster {
 }
 
 /// The registry record of a CA root.
-fn ca_root(bundle: &ca::CaBundle) -> CaRoot {
+pub fn ca_root(bundle: &ca::CaBundle) -> CaRoot {
     let id = format!(
         "{:016x}",
         registry::archive::fnv1a(bundle.cert_pem.as_bytes())

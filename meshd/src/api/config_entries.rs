@@ -1,0 +1,93 @@
+//! `/v1/config`: config entries (`service-defaults`) — `PUT /v1/config` (with `?cas=`),
+//! `GET /v1/config/{kind}`, `GET|DELETE /v1/config/{kind}/{name}`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+use registry::config_entry::ConfigEntry;
+use registry::{Command, Response as CmdResponse};
+
+use super::blocking::{blocking_read, Params, QueryOptions};
+use super::decode::parse_json;
+use super::error::ApiError;
+use super::{read_json, read_not_found, write, write_json, ApiContext};
+
+type Ctx = State<Arc<ApiContext>>;
+
+/// `PUT /v1/config`: upserts the entry in the body; `true`, or `false` when `cas` failed.
+pub async fn put(
+    State(ctx): Ctx,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    let cas = params.u64("cas")?;
+    let value = parse_json(&body, "config entry")?;
+    let entry: ConfigEntry = serde_path_to_error::deserialize(value).map_err(|e| {
+        ApiError::bad(format!(
+            "Request decode failed: config entry: field {}: {}",
+            e.path(),
+            e.inner()
+        ))
+    })?;
+    entry.validate().map_err(ApiError::bad)?;
+    let applied = write(&ctx, Command::ConfigEntrySet { entry, cas }).await?;
+    let ok = !matches!(applied.response, CmdResponse::Cas(false));
+    Ok(write_json(&applied, &ok))
+}
+
+/// `GET /v1/config/{kind}`: every entry of the kind, by name.
+pub async fn list(
+    State(ctx): Ctx,
+    Path(kind): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let opts = QueryOptions::parse(&Params::parse(q.as_deref()))?;
+    let r = blocking_read(
+        &ctx,
+        &opts,
+        |s| s.config_entries_index(),
+        |s| {
+            s.config_entries(&kind)
+                .into_iter()
+                .cloned()
+                .collect::<Vec<_>>()
+        },
+    )
+    .await?;
+    Ok(read_json(r.index, &r.value))
+}
+
+/// `GET /v1/config/{kind}/{name}`.
+pub async fn get(
+    State(ctx): Ctx,
+    Path((kind, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let opts = QueryOptions::parse(&Params::parse(q.as_deref()))?;
+    let r = blocking_read(
+        &ctx,
+        &opts,
+        |s| s.config_entries_index(),
+        |s| s.config_entry(&kind, &name).cloned(),
+    )
+    .await?;
+    Ok(match r.value {
+        Some(e) => read_json(r.index, &e),
+        None => read_not_found(
+            r.index,
+            format!("Config entry not found for {kind:?} / {name:?}"),
+        ),
+    })
+}
+
+/// `DELETE /v1/config/{kind}/{name}`: `true` (also when there was none).
+pub async fn delete(
+    State(ctx): Ctx,
+    Path((kind, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let applied = write(&ctx, Command::ConfigEntryDelete { kind, name }).await?;
+    Ok(write_json(&applied, &true))
+}
