@@ -15,7 +15,7 @@ use tests::mesh::{
     connect_in, curl, echo_hashes, metric_sum, passing, register, tunnel_probe, virtual_ip, Echo,
     Mesh, NamedHttp, Probe, API_PORT, PROPAGATE, UPSTREAM_PORT,
 };
-use tests::wait_until;
+use tests::{wait_for, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The port of the echo service on C.
@@ -327,4 +327,119 @@ async fn traffic_moves_to_b_when_cs_instance_stops_and_when_c_dies() {
         let r = curl(&mesh.cluster, mesh.a(), &url);
         assert_eq!(r.as_deref(), Ok("api-b"), "request {i} after C died");
     }
+}
+
+/// `service-defaults` set per service: a consistent hash sends one caller to one instance;
+/// least request spreads; `Limits.MaxConnections` refuses the connection past the cap, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_defaults_choose_the_policy_and_cap_connections() {
+    let mesh = Mesh::start(&[("default_intention_policy", "\"allow\"")]).await;
+    let a = mesh.a();
+    let url = format!("http://127.0.0.1:{UPSTREAM_PORT}/");
+    let bodies = |n: usize| {
+        let (cluster, a, url) = (&mesh.cluster, a, url.clone());
+        async move {
+            let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+            for _ in 0..n {
+                let body = curl(cluster, a, &url).unwrap_or_else(|e| panic!("curl {url}: {e}"));
+                *seen.entry(body).or_default() += 1;
+            }
+            seen
+        }
+    };
+    let set = |body: serde_json::Value| async move {
+        let r = a.api().put_json("/v1/config", &body).await;
+        r.expect_status(200);
+    };
+    wait_until(PROPAGATE, "web reaches api", || async {
+        curl(&mesh.cluster, a, &url).is_ok()
+    })
+    .await;
+
+    set(json!({"Kind": "service-defaults", "Name": "api",
+               "LoadBalancer": {"Policy": "ring_hash"}}))
+    .await;
+    wait_until(PROPAGATE, "A applies ring_hash to api", || async {
+        bodies(10).await.len() == 1
+    })
+    .await;
+    let seen = bodies(20).await;
+    assert_eq!(
+        seen.len(),
+        1,
+        "one caller, one instance under ring_hash: {seen:?}"
+    );
+
+    set(json!({"Kind": "service-defaults", "Name": "api",
+               "LoadBalancer": {"Policy": "least_request"}}))
+    .await;
+    wait_until(PROPAGATE, "least_request uses both instances", || async {
+        bodies(20).await.len() == 2
+    })
+    .await;
+
+    // A cap of 2 connections from A to echo: two held open, the third is refused.
+    let echo = Echo::start(mesh.c().ns(), ECHO_PORT);
+    register(
+        mesh.c().api(),
+        json!({"Name": "echo", "Port": echo.addr().port(), "Address": "127.0.0.1"}),
+    )
+    .await;
+    set(json!({"Kind": "service-defaults", "Name": "echo",
+               "Limits": {"MaxConnections": 2}}))
+    .await;
+    let vip = virtual_ip(a, "echo").await;
+    let target: SocketAddr = format!("{vip}:{ECHO_PORT}").parse().expect("address");
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let mut conn = wait_for(PROPAGATE, "a connection to echo", || async {
+            let mut c = connect_in(a.ns(), target).await.ok()?;
+            c.write_all(b"ping").await.ok()?;
+            let mut buf = [0u8; 4];
+            c.read_exact(&mut buf).await.ok()?;
+            Some(c)
+        })
+        .await;
+        conn.write_all(b"held")
+            .await
+            .unwrap_or_else(|e| panic!("held {i}: {e}"));
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf)
+            .await
+            .expect("echo of a held connection");
+        held.push(conn);
+    }
+    let mut third = connect_in(a.ns(), target)
+        .await
+        .expect("the kernel accepts");
+    let _ = third.write_all(b"over").await;
+    let mut buf = Vec::new();
+    let r = third.read_to_end(&mut buf).await;
+    assert!(
+        r.is_err() || buf.is_empty(),
+        "the third connection was served past MaxConnections: {r:?} {buf:?}"
+    );
+    let m = a.api().metrics().await;
+    assert!(
+        metric_sum(
+            &m,
+            "meshd_proxy_connections_refused_total",
+            &[("destination", "echo"), ("reason", "max_connections")]
+        ) >= 1.0,
+        "the refusal is counted"
+    );
+    assert!(
+        a.log().contains("MaxConnections limit is reached"),
+        "the refusal is logged with its cause"
+    );
+    // Closing one frees a slot.
+    drop(held.pop());
+    wait_for(PROPAGATE, "a slot frees up", || async {
+        let mut c = connect_in(a.ns(), target).await.ok()?;
+        c.write_all(b"free").await.ok()?;
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf).await.ok()?;
+        Some(())
+    })
+    .await;
 }
