@@ -64,15 +64,18 @@ pub async fn tcp_tunnel(
         }
     };
     let down = async {
+        // `read` gathers every datagram's worth that has arrived into one buffer, so a bulk
+        // transfer costs one TCP write per 64 KiB rather than one per QUIC packet.
+        let mut buf = vec![0u8; BUF];
         loop {
-            match recv.read_chunk(BUF, true).await {
-                Ok(Some(chunk)) => {
-                    if let Err(e) = tw.write_all(&chunk.bytes).await {
+            match recv.read(&mut buf).await {
+                Ok(Some(n)) => {
+                    if let Err(e) = tw.write_all(&buf[..n]).await {
                         tracing::debug!(error = %e, "TCP side refused our bytes");
                         let _ = recv.stop(0u32.into());
                         return End::Aborted;
                     }
-                    counters.tunnel_to_tcp.inc_by(chunk.bytes.len() as u64);
+                    counters.tunnel_to_tcp.inc_by(n as u64);
                 }
                 Ok(None) => {
                     let _ = tw.shutdown().await;
