@@ -42,8 +42,7 @@ fn main() -> std::process::ExitCode {
             // Lets quinn batch tunnel writes into fewer datagrams (see .cargo/config.toml).
             #[cfg(tokio_unstable)]
             builder.disable_lifo_slot();
-            let runtime = match builder.build()
-            {
+            let runtime = match builder.build() {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("meshd: cannot start the async runtime: {e}");
