@@ -104,18 +104,27 @@ impl Leaves {
         let mut failed: HashMap<String, tokio::time::Instant> = HashMap::new();
         let mut generation = 0u64;
         let mut last_index = 0u64;
+        let mut trusted_index = u64::MAX;
+        let mut roots: Vec<String> = Vec::new();
         loop {
-            let (roots, active, services, index) = {
+            let (new_roots, roots_index, active, services, index) = {
                 let st = store.read();
-                let roots: Vec<String> = st.ca_roots().map(|r| r.cert_pem.clone()).collect();
+                let roots_index = st.ca_roots_index();
+                // The roots change rarely; the registry on every write.
+                let new_roots: Option<Vec<String>> = (roots_index != trusted_index)
+                    .then(|| st.ca_roots().map(|r| r.cert_pem.clone()).collect());
                 let active = st.active_ca_root().map(|r| r.id.clone());
                 let services: BTreeSet<String> = st
                     .node_services(&self.node)
                     .map(|s| s.service.clone())
                     .collect();
-                (roots, active, services, st.applied_index())
+                (new_roots, roots_index, active, services, st.applied_index())
             };
-            self.trust(&transport, &roots);
+            if let Some(r) = new_roots {
+                self.trust(&transport, &r);
+                roots = r;
+                trusted_index = roots_index;
+            }
             self.leaves
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
