@@ -59,6 +59,8 @@ pub fn socket_uid(local: SocketAddr, peer: SocketAddr) -> std::io::Result<Option
 /// In the text of `/proc/net/tcp` or `tcp6`, the uid of the row whose local address is
 /// `local_of_socket` and remote address `remote_of_socket` (an IPv4 address also matches its
 /// v4-mapped form). Rows of sockets no process holds (inode 0) and malformed rows are skipped.
+/// (The tests' entry point; [`socket_uid`] scans the file's bytes directly.)
+#[cfg(test)]
 pub fn find_uid(
     proc_text: &str,
     local_of_socket: SocketAddr,
