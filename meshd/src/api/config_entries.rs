@@ -10,11 +10,26 @@ use registry::config_entry::ConfigEntry;
 use registry::{Command, Response as CmdResponse};
 
 use super::blocking::{blocking_read, Params, QueryOptions};
-use super::decode::parse_json;
 use super::error::ApiError;
 use super::{read_json, read_not_found, write, write_json, ApiContext};
 
 type Ctx = State<Arc<ApiContext>>;
+
+/// The fields of a config entry, as Consul spells them (keys are matched case-insensitively
+/// and in snake_case, as Consul does; other keys are refused by the entry's decoder).
+const FIELDS: &[&str] = &[
+    "Kind",
+    "Name",
+    "Protocol",
+    "LoadBalancer",
+    "Policy",
+    "Limits",
+    "MaxConnections",
+    "MaxPendingConnects",
+    "Meta",
+    "CreateIndex",
+    "ModifyIndex",
+];
 
 /// `PUT /v1/config`: upserts the entry in the body; `true`, or `false` when `cas` failed.
 pub async fn put(
@@ -24,14 +39,7 @@ pub async fn put(
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
     let cas = params.u64("cas")?;
-    let value = parse_json(&body, "config entry")?;
-    let entry: ConfigEntry = serde_path_to_error::deserialize(value).map_err(|e| {
-        ApiError::bad(format!(
-            "Request decode failed: config entry: field {}: {}",
-            e.path(),
-            e.inner()
-        ))
-    })?;
+    let entry: ConfigEntry = super::intentions::decode_folded(&body, "config entry", FIELDS)?;
     entry.validate().map_err(ApiError::bad)?;
     let applied = write(&ctx, Command::ConfigEntrySet { entry, cas }).await?;
     let ok = !matches!(applied.response, CmdResponse::Cas(false));

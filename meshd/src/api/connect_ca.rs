@@ -27,6 +27,9 @@ struct Root {
     id: String,
     name: String,
     serial_number: String,
+    /// The subject key identifier of the root (colon-separated hex, as Consul).
+    #[serde(rename = "SigningKeyID")]
+    signing_key_id: String,
     not_before: String,
     not_after: String,
     root_cert: String,
@@ -54,6 +57,7 @@ fn root(r: &CaRoot) -> Root {
         id: r.id.clone(),
         name: format!("meshd CA {}", r.trust_domain),
         serial_number: field(|s| &s.serial),
+        signing_key_id: signing_key_id(&r.cert_pem).unwrap_or_default(),
         not_before: field(|s| &s.not_before),
         not_after: field(|s| &s.not_after),
         root_cert: r.cert_pem.clone(),
@@ -61,6 +65,26 @@ fn root(r: &CaRoot) -> Root {
         active: r.active,
         create_index: r.create_index,
         modify_index: r.modify_index,
+    }
+}
+
+/// The subject key identifier of the first certificate of `pem`, colon-separated hex; `None`
+/// when it cannot be read or has none (a root made elsewhere may lack the extension).
+fn signing_key_id(pem: &str) -> Option<String> {
+    use x509_parser::extensions::ParsedExtension;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let ext = cert
+        .get_extension_unique(&x509_parser::oid_registry::OID_X509_EXT_SUBJECT_KEY_IDENTIFIER)
+        .ok()??;
+    match ext.parsed_extension() {
+        ParsedExtension::SubjectKeyIdentifier(id) => Some(
+            id.0.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":"),
+        ),
+        _ => None,
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod agent_misc;
 mod blocking_http;
+mod connect_api;
 mod kv_catalog;
 mod virtual_ips;
 
