@@ -10,26 +10,11 @@ use registry::config_entry::ConfigEntry;
 use registry::{Command, Response as CmdResponse};
 
 use super::blocking::{blocking_read, Params, QueryOptions};
+use super::decode::decode_body;
 use super::error::ApiError;
 use super::{read_json, read_not_found, write, write_json, ApiContext};
 
 type Ctx = State<Arc<ApiContext>>;
-
-/// The fields of a config entry, as Consul spells them (keys are matched case-insensitively
-/// and in snake_case, as Consul does; other keys are refused by the entry's decoder).
-const FIELDS: &[&str] = &[
-    "Kind",
-    "Name",
-    "Protocol",
-    "LoadBalancer",
-    "Policy",
-    "Limits",
-    "MaxConnections",
-    "MaxPendingConnects",
-    "Meta",
-    "CreateIndex",
-    "ModifyIndex",
-];
 
 /// `PUT /v1/config`: upserts the entry in the body; `true`, or `false` when `cas` failed.
 pub async fn put(
@@ -39,7 +24,7 @@ pub async fn put(
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
     let cas = params.u64("cas")?;
-    let entry: ConfigEntry = super::intentions::decode_folded(&body, "config entry", FIELDS)?;
+    let entry: ConfigEntry = decode_body(&body, "config entry")?;
     entry.validate().map_err(ApiError::bad)?;
     let applied = write(&ctx, Command::ConfigEntrySet { entry, cas }).await?;
     let ok = !matches!(applied.response, CmdResponse::Cas(false));

@@ -12,10 +12,10 @@ use axum::response::Response;
 use registry::intention::{Action, Caller, Intention, SOURCE_NODE, SOURCE_SERVICE, WILDCARD};
 use registry::Command;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::blocking::{blocking_read, Params, QueryOptions};
-use super::decode::parse_json;
+use super::decode::decode_body;
 use super::error::ApiError;
 use super::{read_json, read_not_found, write, write_json, ApiContext};
 
@@ -68,86 +68,9 @@ impl IntentionBody {
     }
 }
 
-/// The fields of an intention body, as Consul spells them.
-const FIELDS: &[&str] = &[
-    "SourceName",
-    "DestinationName",
-    "SourceType",
-    "Action",
-    "Description",
-    "Meta",
-];
-
-/// Rewrites the keys of `v` that name one of `fields` in another case (or snake_case) to the
-/// given spelling, as Consul matches keys case-insensitively; an exact spelling wins over
-/// another. The values of `verbatim` fields (user data) are kept as they are; other objects
-/// are rewritten the same way. Unknown keys are left alone.
-pub(super) fn fold_keys(v: Value, fields: &[&str], verbatim: &[&str]) -> Value {
-    let fold = |k: &str| -> String {
-        k.chars()
-            .filter(|c| *c != '_' && *c != '-')
-            .flat_map(char::to_lowercase)
-            .collect()
-    };
-    match v {
-        Value::Object(map) => {
-            let mut out = serde_json::Map::new();
-            let mut aliases = Vec::new();
-            for (k, val) in map {
-                match fields.iter().find(|f| fold(f) == fold(&k)) {
-                    Some(f) if *f == k => {
-                        out.insert(k, val);
-                    }
-                    Some(f) => aliases.push((f.to_string(), val)),
-                    None => {
-                        out.insert(k, val);
-                    }
-                }
-            }
-            for (k, val) in aliases {
-                out.entry(k).or_insert(val);
-            }
-            for (k, val) in out.iter_mut() {
-                if fields.contains(&k.as_str()) && !verbatim.contains(&k.as_str()) {
-                    *val = fold_keys(val.take(), fields, verbatim);
-                }
-            }
-            Value::Object(out)
-        }
-        Value::Array(items) => Value::Array(
-            items
-                .into_iter()
-                .map(|i| fold_keys(i, fields, verbatim))
-                .collect(),
-        ),
-        other => other,
-    }
-}
-
-/// Parses a JSON body, matches its keys to `fields` (see [`fold_keys`]; `Meta` is user data)
-/// and decodes it; errors name the body (`what`) and the field.
-pub(super) fn decode_folded<T: serde::de::DeserializeOwned>(
-    body: &[u8],
-    what: &str,
-    fields: &[&str],
-) -> Result<T, ApiError> {
-    let v = fold_keys(parse_json(body, what)?, fields, &["Meta"]);
-    serde_path_to_error::deserialize(v).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." || path.is_empty() {
-            ApiError::bad(format!("Request decode failed: {what}: {inner}"))
-        } else {
-            ApiError::bad(format!(
-                "Request decode failed: {what}: field {path}: {inner}"
-            ))
-        }
-    })
-}
-
 /// Decodes an intention body (keys matched case-insensitively; unknown keys ignored).
 fn decode_intention(body: &[u8]) -> Result<IntentionBody, ApiError> {
-    decode_folded(body, "intention", FIELDS)
+    decode_body(body, "intention")
 }
 
 /// `source`, `destination` and `source-type` of a query; both names are required.
