@@ -18,6 +18,7 @@
 //! - [`netns`]: [`netns::Net`], hosts in network namespaces on a bridge (a mesh link that a
 //!   test cuts or partitions, a control link the test talks HTTP over), removed on drop.
 //! - [`mesh`]: data-plane test servers (named HTTP, echo) and clients inside a namespace.
+//! - [`meshctl`]: running the built meshctl against an agent and checking its output.
 //! - [`cluster`]: [`cluster::Cluster`], servers and agents with their TLS files and configs,
 //!   one per namespace: start, SIGKILL, restart, cut, leave, and helpers for their APIs.
 //!
@@ -32,6 +33,7 @@ pub mod dig;
 pub mod dump;
 pub mod http;
 pub mod mesh;
+pub mod meshctl;
 pub mod meshd;
 pub mod netns;
 pub mod raw;

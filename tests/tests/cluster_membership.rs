@@ -11,15 +11,15 @@
 //!   2 of 3 left are a quorum and writes and consistent reads still work.
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::Value;
 use tests::cluster::{
-    kv_entries_stale, kv_put, leader_addr, meshctl_bin, raft_servers, Cluster, ClusterSpec, Node,
-    RaftServer, Role, SERVE_TIMEOUT,
+    kv_entries_stale, kv_put, leader_addr, raft_servers, Cluster, ClusterSpec, Node, RaftServer,
+    Role, SERVE_TIMEOUT,
 };
+use tests::meshctl::meshctl;
 use tests::wait::wait_for;
 use tests::Api;
 
@@ -30,7 +30,6 @@ const PROMOTION_BOUND: Duration = Duration::from_secs(60);
 /// How long a membership change or a write may take to show / succeed on a loaded host.
 const CHANGE_BOUND: Duration = Duration::from_secs(30);
 /// Bound on one meshctl run.
-const MESHCTL_TIMEOUT: Duration = Duration::from_secs(60);
 /// A Raft ID no server has.
 const UNKNOWN_ID: &str = "987654321";
 
@@ -49,47 +48,6 @@ impl Peer {
             api: node.api().clone(),
             quic: node.quic_addr(),
         }
-    }
-}
-
-/// What one meshctl run printed.
-struct Ctl {
-    args: String,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ctl {
-    fn describe(&self) -> String {
-        format!(
-            "`meshctl {}` exited {:?}\nstdout: {}\nstderr: {}",
-            self.args,
-            self.code,
-            self.stdout.trim(),
-            self.stderr.trim()
-        )
-    }
-}
-
-/// Runs the built meshctl against `api` (`--http-addr http://IP:8500`), bounded.
-async fn meshctl(api: &Api, args: &[&str]) -> Ctl {
-    let bin = meshctl_bin();
-    let mut cmd = tokio::process::Command::new(&bin);
-    cmd.arg("--http-addr")
-        .arg(api.base())
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(MESHCTL_TIMEOUT, cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("`meshctl {}` ran over {MESHCTL_TIMEOUT:?}", args.join(" ")))
-        .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
-    Ctl {
-        args: format!("--http-addr {} {}", api.base(), args.join(" ")),
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
