@@ -305,6 +305,18 @@ pub(crate) fn read_not_found(index: u64, msg: String) -> Response {
     resp
 }
 
+/// The answer of a read of one object: 200 with it, or a 404 saying `missing`; both carry
+/// the read's index.
+pub(crate) fn read_one<T: Serialize>(
+    r: blocking::Read<Option<T>>,
+    missing: impl FnOnce() -> String,
+) -> Response {
+    match r.value {
+        Some(v) => read_json(r.index, &v),
+        None => read_not_found(r.index, missing()),
+    }
+}
+
 /// Writes a command; a rejected command becomes a 400 with its reason.
 pub(crate) async fn write(ctx: &ApiContext, cmd: Command) -> Result<Applied, ApiError> {
     let kind = cmd.kind();

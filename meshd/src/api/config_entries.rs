@@ -12,7 +12,7 @@ use registry::{Command, Response as CmdResponse};
 use super::blocking::{blocking_read, Params, QueryOptions};
 use super::decode::decode_body;
 use super::error::ApiError;
-use super::{read_json, read_not_found, write, write_json, ApiContext};
+use super::{read_json, read_one, write, write_json, ApiContext};
 
 type Ctx = State<Arc<ApiContext>>;
 
@@ -67,13 +67,9 @@ pub async fn get(
         |s| s.config_entry(&kind, &name).cloned(),
     )
     .await?;
-    Ok(match r.value {
-        Some(e) => read_json(r.index, &e),
-        None => read_not_found(
-            r.index,
-            format!("Config entry not found for {kind:?} / {name:?}"),
-        ),
-    })
+    Ok(read_one(r, || {
+        format!("Config entry not found for {kind:?} / {name:?}")
+    }))
 }
 
 /// `DELETE /v1/config/{kind}/{name}`: `true` (also when there was none).

@@ -17,7 +17,7 @@ use serde_json::json;
 use super::blocking::{blocking_read, Params, QueryOptions};
 use super::decode::decode_body;
 use super::error::ApiError;
-use super::{read_json, read_not_found, write, write_json, ApiContext};
+use super::{read_json, read_one, write, write_json, ApiContext};
 
 type Ctx = State<Arc<ApiContext>>;
 
@@ -135,10 +135,7 @@ pub async fn get_exact(State(ctx): Ctx, RawQuery(q): RawQuery) -> Result<Respons
         |st| st.intention_exact(&t, &s, &d).cloned(),
     )
     .await?;
-    Ok(match r.value {
-        Some(i) => read_json(r.index, &i),
-        None => read_not_found(r.index, format!("Intention not found: {s} => {d}")),
-    })
+    Ok(read_one(r, || format!("Intention not found: {s} => {d}")))
 }
 
 /// `PUT /v1/connect/intentions/exact`: creates or updates the pair's intention.
@@ -197,10 +194,7 @@ pub async fn get_id(
         |st| st.intention(&id).cloned(),
     )
     .await?;
-    Ok(match r.value {
-        Some(i) => read_json(r.index, &i),
-        None => read_not_found(r.index, format!("Intention not found: {id}")),
-    })
+    Ok(read_one(r, || format!("Intention not found: {id}")))
 }
 
 /// `PUT /v1/connect/intentions/{id}`: replaces the intention with that ID.
