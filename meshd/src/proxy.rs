@@ -108,7 +108,7 @@ impl Inner {
     }
 
     fn counters(&self, pair: &Pair) -> splice::Counters {
-        inbound::counters_for(&self.metrics, pair)
+        self.metrics.counters(pair)
     }
 
     fn open_guard(&self, pair: Pair) -> OpenGuard {

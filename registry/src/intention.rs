@@ -92,7 +92,8 @@ impl Intention {
         Ok(())
     }
 
-    fn same_pair(&self, source_type: &str, source: &str, destination: &str) -> bool {
+    /// Whether this intention is the one of that source/destination pair.
+    pub fn same_pair(&self, source_type: &str, source: &str, destination: &str) -> bool {
         self.source_type == source_type
             && self.source_name == source
             && self.destination_name == destination

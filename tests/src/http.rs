@@ -196,6 +196,12 @@ impl Api {
         self.must(Method::PUT, path, Some(bytes), None).await
     }
 
+    /// POST `path` with a JSON body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Resp {
+        let bytes = serde_json::to_vec(body).expect("serialize a JSON body");
+        self.must(Method::POST, path, Some(bytes), None).await
+    }
+
     /// DELETE `path`.
     pub async fn delete(&self, path: &str) -> Resp {
         self.must(Method::DELETE, path, None, None).await

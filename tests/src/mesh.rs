@@ -258,10 +258,41 @@ pub fn curl(cluster: &Cluster, node: &Node, url: &str) -> Result<String, String>
         .net()
         .exec(node.host(), "curl", &["-sS", "--max-time", "10", url])
         .map_err(|e| e.to_string())?;
+    output_text(&out)
+}
+
+/// `curl -sS --max-time 5 URL` in `node`'s namespace as uid/gid `uid` with no supplementary
+/// groups (`setpriv`, util-linux).
+pub fn curl_as(cluster: &Cluster, node: &Node, uid: u32, url: &str) -> Result<String, String> {
+    let out = cluster
+        .net()
+        .command(node.host(), "setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            url,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("run setpriv: {e}"))?;
+    output_text(&out)
+}
+
+/// Stdout of a successful run; else the exit code and stderr.
+fn output_text(out: &std::process::Output) -> Result<String, String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).to_string())
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).to_string())
+        Err(format!(
+            "exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 

@@ -6,25 +6,19 @@
 
 use std::time::Duration;
 
-use reqwest::Method;
 use serde_json::{json, Value};
 use tests::meshctl::{meshctl, meshctl_with};
 use tests::{wait_for, Api, Meshd};
 
-async fn post(api: &Api, path: &str, body: &Value) -> tests::Resp {
-    let bytes = serde_json::to_vec(body).expect("JSON");
-    api.request(Method::POST, path, Some(bytes)).await
-}
-
 /// Creates an intention over HTTP; returns its ID.
 async fn create(api: &Api, src: &str, dst: &str, action: &str) -> String {
-    let r = post(
-        api,
-        "/v1/connect/intentions",
-        &json!({"SourceName": src, "DestinationName": dst, "Action": action,
+    let r = api
+        .post_json(
+            "/v1/connect/intentions",
+            &json!({"SourceName": src, "DestinationName": dst, "Action": action,
                 "Description": format!("{src} to {dst}")}),
-    )
-    .await;
+        )
+        .await;
     r.expect_status(200);
     r.json()["ID"]
         .as_str()
@@ -109,12 +103,12 @@ async fn intentions_over_http() {
     assert_eq!(precedences, vec![9, 8, 6]);
 
     // A duplicate pair and bad input: 400 naming the cause, nothing written.
-    let dup = post(
-        api,
-        "/v1/connect/intentions",
-        &json!({"SourceName": "web", "DestinationName": "api", "Action": "deny"}),
-    )
-    .await;
+    let dup = api
+        .post_json(
+            "/v1/connect/intentions",
+            &json!({"SourceName": "web", "DestinationName": "api", "Action": "deny"}),
+        )
+        .await;
     dup.expect_status(400);
     assert!(
         dup.text().contains("duplicate intention found"),
@@ -128,11 +122,11 @@ async fn intentions_over_http() {
         json!({"SourceName": "d b", "DestinationName": "api", "Action": "allow"}),
     ];
     for body in &bad {
-        let r = post(api, "/v1/connect/intentions", body).await;
+        let r = api.post_json("/v1/connect/intentions", body).await;
         r.expect_status(400);
         assert!(!r.text().trim().is_empty() && !r.text().trim().contains('\n'));
     }
-    let r = post(api, "/v1/connect/intentions", &bad[0]).await;
+    let r = api.post_json("/v1/connect/intentions", &bad[0]).await;
     assert!(r.text().contains("Action"), "{}", r.text());
     let r = api
         .put_json(

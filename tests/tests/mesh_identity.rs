@@ -11,18 +11,17 @@
 //!   new leaf and is trusted at the destination, and the old one still ends cleanly.
 
 use std::net::SocketAddr;
-use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use reqwest::Method;
 use serde_json::{json, Value};
-use tests::cluster::{meshctl_bin, Node};
+use tests::cluster::Node;
 use tests::mesh::{
-    connect_in, curl, metric_sum, register, virtual_ip, Echo, Mesh, API_PORT, PROPAGATE,
+    connect_in, curl, curl_as, metric_sum, register, virtual_ip, Echo, Mesh, API_PORT, PROPAGATE,
     UPSTREAM_PORT,
 };
+use tests::meshctl::meshctl;
 use tests::{wait_for, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -39,8 +38,6 @@ const NOBODY: u32 = 65534;
 const FLIP: Duration = Duration::from_secs(10);
 /// Bound on one echo round trip through the mesh.
 const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bound on one `meshctl` run.
-const MESHCTL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Log lines of the data plane (tunnels, denials, leaves, roots) and problems, the last 60 of
 /// each node: what a failure message shows besides the tails printed on drop.
@@ -66,41 +63,6 @@ fn logs(nodes: &[&Node]) -> String {
     out
 }
 
-fn output_text(out: &Output) -> Result<String, String> {
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).to_string())
-    } else {
-        Err(format!(
-            "exit {:?}: {}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// `curl -sS --max-time 5 URL` in `node`'s namespace as uid/gid `uid` with no supplementary
-/// groups (`setpriv`, util-linux).
-fn curl_as(mesh: &Mesh, node: &Node, uid: u32, url: &str) -> Result<String, String> {
-    let out = mesh
-        .cluster
-        .net()
-        .command(node.host(), "setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={uid}"),
-            "--clear-groups",
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            url,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("run setpriv: {e}"))?;
-    output_text(&out)
-}
-
 /// Asserts that `r` is a prompt refusal (not the 5 s timeout of a hang).
 fn assert_refused(r: Result<String, String>, took: Duration, what: &str, nodes: &[&Node]) {
     match r {
@@ -121,11 +83,6 @@ fn assert_api(r: Result<String, String>, what: &str, nodes: &[&Node]) {
         ),
         Err(e) => panic!("{what} failed: {e}\n{}", logs(nodes)),
     }
-}
-
-async fn post_json(node: &Node, path: &str, body: &Value) -> tests::Resp {
-    let bytes = serde_json::to_vec(body).expect("serialize a JSON body");
-    node.api().request(Method::POST, path, Some(bytes)).await
 }
 
 /// The sum of `meshd_proxy_connections_denied_total` for `source` → `destination` in
@@ -167,12 +124,13 @@ async fn intentions_are_enforced_per_caller_identity() {
     )
     .await;
     for (src, action) in [("web", "allow"), ("batch", "deny")] {
-        let r = post_json(
-            a,
-            "/v1/connect/intentions",
-            &json!({"SourceName": src, "DestinationName": "api", "Action": action}),
-        )
-        .await;
+        let r = a
+            .api()
+            .post_json(
+                "/v1/connect/intentions",
+                &json!({"SourceName": src, "DestinationName": "api", "Action": action}),
+            )
+            .await;
         r.expect_status(200);
     }
     let vip = virtual_ip(a, "api").await;
@@ -213,13 +171,13 @@ async fn intentions_are_enforced_per_caller_identity() {
         );
         // ...setpriv itself is not what fails (uid 0 through it is still web)...
         assert_api(
-            curl_as(&mesh, a, 0, &vip_url),
+            curl_as(&mesh.cluster, a, 0, &vip_url),
             &format!("round {round}: uid 0 through setpriv on api's virtual IP"),
             &all,
         );
         // ...and nobody is batch (denied).
         let t = Instant::now();
-        let r = curl_as(&mesh, a, NOBODY, &vip_url);
+        let r = curl_as(&mesh.cluster, a, NOBODY, &vip_url);
         assert_refused(
             r,
             t.elapsed(),
@@ -305,7 +263,7 @@ async fn intentions_are_enforced_per_caller_identity() {
     );
     // batch is still denied; nothing else changed.
     let t = Instant::now();
-    let r = curl_as(&mesh, a, NOBODY, &vip_url);
+    let r = curl_as(&mesh.cluster, a, NOBODY, &vip_url);
     assert_refused(r, t.elapsed(), "nobody (batch) after the flip", &all);
     eprintln!(
         "denials of batch at B and C: {batch_denied}, outbound at A: {outbound}; the flip \
@@ -469,22 +427,11 @@ fn verifies(dir: &std::path::Path, root_pem: &str, leaf_pem: &str) -> Result<(),
 
 /// `meshctl --http-addr <node> -o json ca rotate`: the new active root's ID.
 async fn meshctl_rotate(node: &Node) -> String {
-    let bin = meshctl_bin();
-    let out = tokio::time::timeout(
-        MESHCTL_TIMEOUT,
-        tokio::process::Command::new(&bin)
-            .arg("--http-addr")
-            .arg(node.api().base())
-            .args(["-o", "json", "ca", "rotate"])
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("`meshctl ca rotate` ran over {MESHCTL_TIMEOUT:?}"))
-    .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
-    let text = output_text(&out)
-        .unwrap_or_else(|e| panic!("`meshctl ca rotate` failed: {e}\n{}", logs(&[node])));
+    let run = meshctl(node.api(), &["-o", "json", "ca", "rotate"]).await;
+    if run.code != Some(0) {
+        panic!("{}\n{}", run.describe(), logs(&[node]));
+    }
+    let text = run.stdout;
     let v: Value = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("`meshctl -o json ca rotate` printed no JSON ({e}): {text}"));
     v["ActiveRootID"]

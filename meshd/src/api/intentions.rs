@@ -153,8 +153,13 @@ pub async fn put_exact(
         .map(|i| i.id.clone());
     let id = existing.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let intention = b.into_intention(id, Some(p))?;
+    upsert(&ctx, intention).await
+}
+
+/// Writes `intention` over the one of its pair (or as a new one); answers `true`.
+async fn upsert(ctx: &ApiContext, intention: Intention) -> Result<Response, ApiError> {
     let applied = write(
-        &ctx,
+        ctx,
         Command::IntentionSet {
             intention,
             create_only: false,
@@ -216,23 +221,16 @@ pub async fn put_id(
     b.source_type
         .get_or_insert_with(|| current.source_type.clone());
     let intention = b.into_intention(id, None)?;
-    let same_pair = intention.source_type == current.source_type
-        && intention.source_name == current.source_name
-        && intention.destination_name == current.destination_name;
-    if !same_pair {
+    if !intention.same_pair(
+        &current.source_type,
+        &current.source_name,
+        &current.destination_name,
+    ) {
         return Err(ApiError::bad(
             "changing an intention's source or destination is not supported: delete it and create another",
         ));
     }
-    let applied = write(
-        &ctx,
-        Command::IntentionSet {
-            intention,
-            create_only: false,
-        },
-    )
-    .await?;
-    Ok(write_json(&applied, &true))
+    upsert(&ctx, intention).await
 }
 
 /// `DELETE /v1/connect/intentions/{id}`.

@@ -12,7 +12,7 @@ use registry::ca::Identity;
 use registry::intention::Caller;
 
 use super::metrics::Pair;
-use super::splice::{self, Counters};
+use super::splice;
 use super::tunnel::{answer, Header, Status};
 use super::Inner;
 use crate::transport::Incoming;
@@ -146,29 +146,4 @@ async fn refuse(s: &mut Incoming, status: Status, why: &str) {
     let _ = s.send.write_all(&answer(status, why)).await;
     let _ = s.send.finish();
     let _ = s.recv.stop(0u32.into());
-}
-
-/// The counters of one connection's bytes.
-pub fn counters_for(m: &super::metrics::ProxyMetrics, pair: &Pair) -> Counters {
-    let bytes = |flow| {
-        m.bytes
-            .get_or_create(&super::metrics::Bytes {
-                source: pair.source.clone(),
-                destination: pair.destination.clone(),
-                direction: pair.direction,
-                flow,
-            })
-            .clone()
-    };
-    match pair.direction {
-        // Outbound: the TCP side is the caller.
-        "outbound" => Counters {
-            tcp_to_tunnel: bytes("to_destination"),
-            tunnel_to_tcp: bytes("to_source"),
-        },
-        _ => Counters {
-            tcp_to_tunnel: bytes("to_source"),
-            tunnel_to_tcp: bytes("to_destination"),
-        },
-    }
 }

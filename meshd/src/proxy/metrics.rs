@@ -136,6 +136,29 @@ impl ProxyMetrics {
         m
     }
 
+    /// Where one connection's bytes are counted: toward the destination and back.
+    pub fn counters(&self, pair: &Pair) -> super::splice::Counters {
+        let bytes = |flow| {
+            self.bytes
+                .get_or_create(&Bytes {
+                    source: pair.source.clone(),
+                    destination: pair.destination.clone(),
+                    direction: pair.direction,
+                    flow,
+                })
+                .clone()
+        };
+        // The TCP side is the caller on the outbound side, the instance on the inbound side.
+        let (tcp, tunnel) = match pair.direction {
+            "outbound" => ("to_destination", "to_source"),
+            _ => ("to_source", "to_destination"),
+        };
+        super::splice::Counters {
+            tcp_to_tunnel: bytes(tcp),
+            tunnel_to_tcp: bytes(tunnel),
+        }
+    }
+
     pub fn refuse(&self, source: &str, destination: &str, reason: &'static str) {
         self.refused
             .get_or_create(&Refusal {

@@ -271,7 +271,6 @@ impl Inner {
             ),
         };
         let server_name = ca::node_host_name(&target.endpoint.node, &self.datacenter);
-        let roots = self.transport.roots();
         let attempt = async {
             let conn = self
                 .connections
@@ -281,7 +280,7 @@ impl Inner {
                     &server_name,
                     &key,
                     || match &leaf {
-                        Some(l) => l.client_config(&roots),
+                        Some(l) => l.client_config(&self.transport.roots()),
                         None => self.transport.client_config(ALPN_TUNNEL),
                     },
                     &self.metrics.tunnels,
