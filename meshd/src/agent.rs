@@ -1,5 +1,6 @@
 //! The agent: opens the registry, registers this node, loads service definitions, starts the
-//! check runner and the HTTP API, and runs until SIGTERM/SIGINT, then drains and stops.
+//! check runner, the data plane, the HTTP API and DNS, tells systemd it is ready, reloads on
+//! SIGHUP, and on SIGTERM/SIGINT stops accepting, drains for up to `drain_timeout` and stops.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,20 +13,28 @@ use tracing::{info, warn};
 
 use crate::api;
 use crate::checks::CheckRunner;
+use crate::cli::AgentArgs;
 use crate::cluster::Cluster;
 use crate::config::RuntimeConfig;
 use crate::dns;
 use crate::local::AgentInfo;
+use crate::logging::Logging;
+use crate::notify;
 use crate::proxy::{Proxy, ProxyConfig};
+use crate::reload::{self, ReloadMetrics, Reloader};
 use crate::store::Store;
-
-/// How long in-flight HTTP requests may take to finish after a shutdown signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The node-level liveness check every agent registers (Consul calls it `serfHealth`).
 pub const NODE_CHECK_ID: &str = "serfHealth";
 
-/// Runs the agent until a shutdown signal.
-pub async fn run(cfg: RuntimeConfig) -> anyhow::Result<()> {
+/// Runs the agent until a shutdown signal. `args` are re-read at each reload.
+pub async fn run(
+    cfg: RuntimeConfig,
+    args: AgentArgs,
+    logging: Option<Logging>,
+) -> anyhow::Result<()> {
+    // SIGHUP's default action ends the process: take it over before anything else.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("listening for SIGHUP")?;
     if let Ok(limit) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::debug!(limit, "open file limit");
     }
@@ -44,13 +53,14 @@ pub async fn run(cfg: RuntimeConfig) -> anyhow::Result<()> {
           http = %cfg.http_addr, dev = cfg.dev, "starting meshd agent");
 
     // Parse service definitions before opening anything, so a bad file stops the start.
-    let definitions = match &cfg.config_dir {
-        Some(dir) => crate::definitions::read_dir(dir)?,
-        None => Vec::new(),
-    };
+    let definitions =
+        reload::load_definitions(cfg.config_dir.as_deref()).map_err(anyhow::Error::msg)?;
 
     let mut metrics = prometheus_client::registry::Registry::default();
+    let reload_metrics = ReloadMetrics::new(&mut metrics);
+    // `cancel` stops everything; `drain`, fired first at shutdown, stops accepting.
     let cancel = CancellationToken::new();
+    let drain = cancel.child_token();
     // Enrollment (agents) may wait for servers: a signal meanwhile stops the start.
     let signal_cancel = cancel.clone();
     let early_signal = tokio::spawn(async move {
@@ -90,7 +100,7 @@ pub async fn run(cfg: RuntimeConfig) -> anyhow::Result<()> {
         store.clone(),
         cluster.transport.clone(),
         &mut metrics,
-        cancel.clone(),
+        cancel.child_token(),
     );
     let api_metrics = api::ApiMetrics::new(&mut metrics);
     let dns_metrics = dns::DnsMetrics::new(&mut metrics);
@@ -100,9 +110,23 @@ pub async fn run(cfg: RuntimeConfig) -> anyhow::Result<()> {
         checks.clone(),
         Arc::new(metrics),
         api_metrics,
-        cancel.clone(),
+        drain.clone(),
     ));
     let _ = ctx.leaves.set(proxy.leaves());
+    if let Some(l) = &logging {
+        let _ = ctx.logging.set(l.clone());
+    }
+    let (requests, reload_rx) = Reloader::channel();
+    let _ = ctx.reload.set(requests);
+    let reloader = Reloader {
+        args,
+        running: cfg.clone(),
+        ctx: ctx.clone(),
+        transport: cluster.transport.clone(),
+        logging,
+        from_files: reload::definition_ids(&definitions),
+        metrics: reload_metrics,
+    };
     // A single server leads at once: register before serving, so a bad definition stops the
     // start. In a cluster, registration waits for a leader in the background.
     let registration = if single {
@@ -140,7 +164,7 @@ pub async fn run(cfg: RuntimeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("binding the HTTP API on {}", cfg.http_addr))?;
     let http_addr = listener.local_addr()?;
     let app = api::router(ctx.clone());
-    let server_cancel = cancel.clone();
+    let server_cancel = drain.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { server_cancel.cancelled().await })
@@ -159,31 +183,59 @@ pub async fn run(cfg: RuntimeConfig) -> anyhow::Result<()> {
         data_dir.display()
     );
     info!(%http_addr, dns = %dns.addr, quic = %cluster.advertise, role, "serving");
+    let reload_task = tokio::spawn(reloader.run(hangup, reload_rx, drain.clone()));
+    let watchdog = notify::spawn_watchdog(cancel.clone());
+    // Every listener serves now: the API, DNS and QUIC (bound when the cluster started).
+    notify::ready(&format!("serving: http {http_addr}, dns {}", dns.addr));
 
     let left = tokio::select! {
         _ = shutdown_signal() => false,
         _ = ctx.leave_requested.cancelled() => true,
     };
-    if !left && cfg.cluster.leave_on_terminate {
+    notify::stopping("draining connections");
+    drain.cancel();
+    // The configuration as last reloaded: `leave_on_terminate` and `drain_timeout` may differ.
+    let running = reload_task.await.unwrap_or(cfg);
+    if !left && running.cluster.leave_on_terminate {
         info!("leave_on_terminate: leaving the cluster");
         if let Err(e) = cluster.leave().await {
             warn!(error = %e, "leaving the cluster failed");
         }
     }
-    info!("shutting down: draining HTTP requests");
-    cancel.cancel();
+    let timeout = running.drain_timeout;
+    info!(
+        ?timeout,
+        "shutting down: no new connections; draining HTTP requests and proxied connections"
+    );
     if let Some(r) = registration {
         r.abort();
     }
-    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => warn!(error = %e, "HTTP server error"),
-        Ok(Err(e)) => warn!(error = %e, "HTTP server task failed"),
-        Err(_) => warn!("HTTP requests did not finish within {DRAIN_TIMEOUT:?}; closing"),
+    let http = async {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "HTTP server error"),
+            Err(e) => warn!(error = %e, "HTTP server task failed"),
+        }
+    };
+    let drained = tokio::time::timeout(timeout, async {
+        let (left, ()) = tokio::join!(proxy.stop(timeout), http);
+        left
+    })
+    .await;
+    match drained {
+        Ok(0) => info!("drained"),
+        Ok(left) => warn!(left, "proxied connections cut at the drain timeout"),
+        Err(_) => warn!(
+            ?timeout,
+            "HTTP requests did not finish within the drain timeout; closing"
+        ),
+    }
+    cancel.cancel();
+    if let Some(w) = watchdog {
+        let _ = w.await;
     }
     let _ = checks_task.await;
     dns.stopped().await;
-    proxy.stop().await;
     cluster.shutdown().await;
     info!("stopped");
     Ok(())
@@ -191,10 +243,10 @@ pub async fn run(cfg: RuntimeConfig) -> anyhow::Result<()> {
 
 async fn register_definitions(
     ctx: &api::ApiContext,
-    definitions: &[(PathBuf, serde_json::Value)],
+    definitions: &reload::Definitions,
 ) -> anyhow::Result<()> {
-    for (file, def) in definitions {
-        api::register_service_definition(ctx, def, false)
+    for (file, prepared) in definitions {
+        api::register_prepared(ctx, prepared.clone(), false)
             .await
             .with_context(|| format!("service definition {}", file.display()))?;
     }

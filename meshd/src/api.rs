@@ -26,6 +26,7 @@ mod intentions;
 mod kv;
 mod mesh;
 mod metrics;
+mod operations;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -48,7 +49,7 @@ use tracing::Instrument as _;
 use crate::checks::CheckRunner;
 use crate::local::AgentInfo;
 use crate::store::Store;
-pub use agent::register_service_definition;
+pub use agent::{deregister_local, parse_definitions, register_prepared, Prepared};
 pub use error::ApiError;
 pub use metrics::ApiMetrics;
 
@@ -70,6 +71,10 @@ pub struct ApiContext {
     pub shutdown: CancellationToken,
     /// This host's service leaves, once the data plane runs.
     pub leaves: std::sync::OnceLock<Arc<crate::proxy::leaves::Leaves>>,
+    /// The logger (recent lines for `/v1/agent/logs`), when the binary installed one.
+    pub logging: std::sync::OnceLock<crate::logging::Logging>,
+    /// Where `PUT /v1/agent/reload` sends its request, once the reloader runs.
+    pub reload: std::sync::OnceLock<crate::reload::Requests>,
 }
 
 impl ApiContext {
@@ -90,6 +95,8 @@ impl ApiContext {
             shutdown,
             leave_requested: CancellationToken::new(),
             leaves: std::sync::OnceLock::new(),
+            logging: std::sync::OnceLock::new(),
+            reload: std::sync::OnceLock::new(),
         }
     }
 }
@@ -179,6 +186,8 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
         .route("/v1/agent/leave", put(cluster::leave))
+        .route("/v1/agent/reload", put(operations::reload))
+        .route("/v1/agent/logs", get(operations::logs))
         .route(
             "/v1/operator/raft/configuration",
             get(cluster::raft_configuration),

@@ -16,7 +16,23 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the meshd agent (and, with --server or --dev, a registry server).
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
+    /// Check configuration without starting, as `consul validate`: TOML agent configurations
+    /// (with the service definitions of their config_dir), JSON service definitions, or
+    /// directories of them. Every error names the file, the key and the reason; exit 1 when
+    /// any is found.
+    Validate(ValidateArgs),
+}
+
+/// Arguments of `meshd validate`.
+#[derive(Args, Debug, Clone)]
+pub struct ValidateArgs {
+    /// Files (`*.toml`: agent configuration, `*.json`: service definitions) or directories.
+    #[arg(required = true, value_name = "FILE|DIR")]
+    pub paths: Vec<PathBuf>,
+    /// Print only the errors.
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 /// Flags of `meshd agent`. Each overrides the same key of the `--config` file.

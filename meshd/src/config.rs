@@ -25,12 +25,21 @@ pub const DEFAULT_DATACENTER: &str = "dc1";
 pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = 8192;
 pub const DEFAULT_CHECK_UPDATE_INTERVAL: &str = "5m";
 pub const DEFAULT_CACHE_MB: u64 = 64;
+pub const DEFAULT_DRAIN_TIMEOUT: &str = "30s";
 
 /// A configuration error; its message names the source, the key and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config file {path}: {reason}")]
     Read { path: PathBuf, reason: String },
+    /// The TOML is malformed, or a key is unknown or of the wrong type.
+    #[error("config file {path}{}: {}{reason}", line.map(|l| format!(", line {l}")).unwrap_or_default(), if key.is_empty() { String::new() } else { format!("key `{key}`: ") })]
+    Parse {
+        path: PathBuf,
+        line: Option<usize>,
+        key: String,
+        reason: String,
+    },
     #[error("{source_name}: key `{key}` = {value:?}: {reason}")]
     Invalid {
         source_name: String,
@@ -133,6 +142,9 @@ pub struct FileConfig {
     pub leaf_cert_ttl: Option<String>,
     /// Servers: `allow` or `deny` for callers no intention names (cluster-wide).
     pub default_intention_policy: Option<String>,
+    /// At SIGTERM, how long open HTTP requests and proxied connections may take to finish
+    /// (Go duration, default 30s).
+    pub drain_timeout: Option<String>,
 }
 
 /// The validated configuration the agent runs with.
@@ -156,6 +168,7 @@ pub struct RuntimeConfig {
     pub cluster: ClusterConfig,
     pub dns: DnsConfig,
     pub connect: ConnectConfig,
+    pub drain_timeout: Duration,
 }
 
 /// Reads and parses a TOML config file.
@@ -164,9 +177,19 @@ pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Read {
+    let parse_error = |key: String, e: &toml::de::Error| ConfigError::Parse {
         path: path.to_path_buf(),
-        reason: e.to_string().trim().replace('\n', " "),
+        line: e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1),
+        key,
+        reason: e.message().trim().replace('\n', " "),
+    };
+    let de = toml::Deserializer::parse(&text).map_err(|e| parse_error(String::new(), &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { String::new() } else { key };
+        parse_error(key, e.inner())
     })
 }
 
@@ -282,6 +305,17 @@ pub fn build(args: &AgentArgs) -> Result<RuntimeConfig, ConfigError> {
         });
     }
 
+    let dt = file
+        .drain_timeout
+        .clone()
+        .unwrap_or_else(|| DEFAULT_DRAIN_TIMEOUT.into());
+    let drain_timeout = parse_go_duration(&dt).map_err(|e| ConfigError::Invalid {
+        source_name: file_name.clone(),
+        key: "drain_timeout",
+        value: dt.clone(),
+        reason: e.to_string(),
+    })?;
+
     let node_meta = file.node_meta.clone().unwrap_or_default();
     for k in node_meta.keys() {
         if k.is_empty() || k.len() > 128 || k.chars().any(|c| c.is_control()) {
@@ -317,6 +351,7 @@ pub fn build(args: &AgentArgs) -> Result<RuntimeConfig, ConfigError> {
         cluster,
         dns,
         connect,
+        drain_timeout,
     })
 }
 

@@ -15,38 +15,42 @@ pub enum DefinitionError {
     File { file: PathBuf, reason: String },
 }
 
-/// Reads every `*.json` file of `dir` (sorted by name) as JSON.
-pub fn read_dir(dir: &Path) -> Result<Vec<(PathBuf, serde_json::Value)>, DefinitionError> {
-    let dir_err = |source| DefinitionError::Dir {
-        dir: dir.to_path_buf(),
-        source,
-    };
+/// The `*.json` files of `dir`, sorted by name.
+pub fn list(dir: &Path) -> Result<Vec<PathBuf>, DefinitionError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(dir_err)?
+        .map_err(|source| DefinitionError::Dir {
+            dir: dir.to_path_buf(),
+            source,
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "json"))
         .collect();
     files.sort();
-    files
+    Ok(files)
+}
+
+/// Reads one definition file as a JSON object.
+pub fn read_file(file: &Path) -> Result<serde_json::Value, DefinitionError> {
+    let bad = |reason: String| DefinitionError::File {
+        file: file.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| bad(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(bad(
+            "expected a JSON object with a \"service\" or \"services\" key".into(),
+        ));
+    }
+    Ok(value)
+}
+
+/// Reads every `*.json` file of `dir` (sorted by name) as JSON.
+pub fn read_dir(dir: &Path) -> Result<Vec<(PathBuf, serde_json::Value)>, DefinitionError> {
+    list(dir)?
         .into_iter()
-        .map(|file| {
-            let text = std::fs::read_to_string(&file).map_err(|e| DefinitionError::File {
-                file: file.clone(),
-                reason: e.to_string(),
-            })?;
-            let value: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| DefinitionError::File {
-                    file: file.clone(),
-                    reason: format!("invalid JSON: {e}"),
-                })?;
-            if !value.is_object() {
-                return Err(DefinitionError::File {
-                    file,
-                    reason: "expected a JSON object with a \"service\" or \"services\" key".into(),
-                });
-            }
-            Ok((file, value))
-        })
+        .map(|file| read_file(&file).map(|v| (file, v)))
         .collect()
 }
 

@@ -16,10 +16,13 @@ mod dns;
 mod duration;
 mod local;
 mod logging;
+mod notify;
 mod proxy;
 mod read_index;
+mod reload;
 mod store;
 mod transport;
+mod validate;
 
 use clap::Parser;
 
@@ -34,7 +37,7 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::from(64);
                 }
             };
-            logging::init(&cfg.log_level, cfg.log_json);
+            let logging = logging::init(&cfg.log_level, cfg.log_json);
             // One crypto provider for every TLS user (reqwest's HTTPS checks today).
             let _ = rustls::crypto::ring::default_provider().install_default();
             let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -49,7 +52,7 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(agent::run(cfg)) {
+            match runtime.block_on(agent::run(cfg, *args, Some(logging))) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "meshd stopped on an error");
@@ -58,5 +61,6 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+        cli::Command::Validate(args) => validate::main(&args),
     }
 }

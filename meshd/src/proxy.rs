@@ -24,7 +24,7 @@ pub mod tunnel;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -37,9 +37,6 @@ use crate::transport::Transport;
 use balance::{Balancer, Policy};
 use leaves::Leaves;
 use metrics::{Pair, ProxyMetrics};
-
-/// How long shutdown waits for proxied connections to finish.
-const DRAIN: Duration = Duration::from_secs(5);
 
 /// What the data plane shares between its tasks.
 pub struct Inner {
@@ -54,7 +51,10 @@ pub struct Inner {
     counts: Mutex<HashMap<String, Arc<DestCounts>>>,
     /// Registration `user` → uid (`None`: no such user), resolved once.
     users: Mutex<HashMap<String, Option<u32>>>,
+    /// Every proxied connection, both directions: shutdown waits for them.
     tasks: TaskTracker,
+    /// Set at shutdown: new tunnel streams are refused (the caller tries another endpoint).
+    draining: AtomicBool,
 }
 
 /// Connections toward one destination from this host.
@@ -243,10 +243,12 @@ impl Proxy {
             counts: Mutex::default(),
             users: Mutex::default(),
             tasks: TaskTracker::new(),
+            draining: AtomicBool::new(false),
         });
         let handler_inner = inner.clone();
         transport.set_tunnel_handler(Arc::new(move |s| {
-            Box::pin(inbound::serve(handler_inner.clone(), s))
+            let inner = handler_inner.clone();
+            Box::pin(inner.tasks.track_future(inbound::serve(inner.clone(), s)))
         }));
         inner
             .tasks
@@ -261,15 +263,28 @@ impl Proxy {
         self.inner.leaves.clone()
     }
 
-    /// Stops accepting and waits (bounded) for proxied connections to end.
-    pub async fn stop(&self) {
+    /// Stops accepting (listeners close, new tunnel streams are refused as draining) and
+    /// waits up to `drain` for the proxied connections to end; returns how many were still
+    /// open then. They end when the QUIC endpoint and the runtime stop.
+    pub async fn stop(&self, drain: Duration) -> usize {
+        self.inner.draining.store(true, Ordering::SeqCst);
         self.cancel.cancel();
         self.inner.tasks.close();
-        if tokio::time::timeout(DRAIN, self.inner.tasks.wait())
+        let open = self.inner.tasks.len();
+        tracing::info!(open, ?drain, "data plane draining");
+        if tokio::time::timeout(drain, self.inner.tasks.wait())
             .await
             .is_err()
         {
-            tracing::info!("proxied connections still open after {DRAIN:?}; closing them");
+            // The leaves and listener tasks ended at cancel: what is left is connections.
+            let left = self.inner.tasks.len();
+            tracing::warn!(
+                left,
+                ?drain,
+                "proxied connections still open after the drain timeout; closing them"
+            );
+            return left;
         }
+        0
     }
 }

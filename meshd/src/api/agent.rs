@@ -59,17 +59,24 @@ pub(super) fn keep_current_status(ctx: &ApiContext, checks: &mut [Check]) {
 }
 
 /// A validated service registration, ready to write.
-struct Prepared {
-    service: Service,
+#[derive(Clone)]
+pub struct Prepared {
+    pub service: Service,
     checks: Vec<Check>,
 }
 
-fn prepare(ctx: &ApiContext, body: Value) -> Result<Prepared, ApiError> {
+/// Decodes and validates one service definition; writes nothing.
+fn parse(body: Value) -> Result<Prepared, ApiError> {
     let def: ServiceDef = decode::decode(body, "service definition")?;
     let service = build_service(&def)?;
-    let mut checks = build_service_checks(&def, &service)?;
-    keep_current_status(ctx, &mut checks);
+    let checks = build_service_checks(&def, &service)?;
     Ok(Prepared { service, checks })
+}
+
+fn prepare(ctx: &ApiContext, body: Value) -> Result<Prepared, ApiError> {
+    let mut p = parse(body)?;
+    keep_current_status(ctx, &mut p.checks);
+    Ok(p)
 }
 
 async fn commit(
@@ -123,53 +130,67 @@ fn definition_file_services(v: &Value) -> Result<Option<Vec<Value>>, ApiError> {
     Ok(found.then_some(out))
 }
 
-/// Registers a service definition on this agent: the code path of
-/// `PUT /v1/agent/service/register`. Also takes a whole `--config-dir` file
-/// (`{"service": {...}}` or `{"services": [...]}`), as [`load_definition_file`].
-pub async fn register_service_definition(
-    ctx: &ApiContext,
-    body: &Value,
-    replace_existing_checks: bool,
-) -> Result<(), ApiError> {
-    match definition_file_services(body)? {
-        Some(_) => load_definition_file(ctx, body).await.map(|_| ()),
-        None => {
-            let p = prepare(ctx, body.clone())?;
-            commit(ctx, p, replace_existing_checks).await.map(|_| ())
-        }
-    }
-}
-
-/// Registers every service of a `--config-dir` file (`{"service": {...}}` or
-/// `{"services": [...]}`); all are validated before any is written. Returns their IDs.
-pub async fn load_definition_file(ctx: &ApiContext, file: &Value) -> Result<Vec<String>, ApiError> {
-    let defs = definition_file_services(file)?.ok_or_else(|| {
-        ApiError::bad("a service definition file needs a \"service\" object or a \"services\" list")
-    })?;
+/// Every service of a definition file — `{"service": {...}}`, `{"services": [...]}` or a bare
+/// definition — decoded and validated, writing nothing (`meshd validate`, and a reload before
+/// it changes anything). Errors name the service's position in the file.
+pub fn parse_definitions(file: &Value) -> Result<Vec<Prepared>, ApiError> {
+    let Some(defs) = definition_file_services(file)? else {
+        return Ok(vec![parse(file.clone())?]);
+    };
     let prepared = defs
         .into_iter()
         .enumerate()
         .map(|(i, d)| {
-            prepare(ctx, d).map_err(|e| match e {
+            parse(d).map_err(|e| match e {
                 ApiError::BadRequest(m) => ApiError::BadRequest(format!("service #{}: {m}", i + 1)),
                 other => other,
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut ids: Vec<String> = Vec::with_capacity(prepared.len());
+    let mut ids: Vec<&str> = Vec::with_capacity(prepared.len());
     for p in &prepared {
-        if ids.contains(&p.service.id) {
+        if ids.contains(&p.service.id.as_str()) {
             return Err(ApiError::bad(format!(
                 "service ID {:?} is defined twice in the file",
                 p.service.id
             )));
         }
-        ids.push(p.service.id.clone());
+        ids.push(&p.service.id);
     }
-    for p in prepared {
-        commit(ctx, p, false).await?;
+    Ok(prepared)
+}
+
+/// Writes parsed definitions on this agent; a re-registered check keeps its status. With
+/// `replace_checks`, checks no longer in a definition are removed (a reload).
+pub async fn register_prepared(
+    ctx: &ApiContext,
+    defs: Vec<Prepared>,
+    replace_checks: bool,
+) -> Result<Vec<String>, ApiError> {
+    let mut ids = Vec::with_capacity(defs.len());
+    for mut p in defs {
+        keep_current_status(ctx, &mut p.checks);
+        ids.push(p.service.id.clone());
+        commit(ctx, p, replace_checks).await?;
     }
     Ok(ids)
+}
+
+/// Removes a service of this agent (and its checks); `false` when it was not registered.
+pub async fn deregister_local(ctx: &ApiContext, id: &str) -> Result<bool, ApiError> {
+    if ctx.registry.read().service(&ctx.agent.node, id).is_none() {
+        return Ok(false);
+    }
+    write(
+        ctx,
+        Command::Deregister {
+            node: ctx.agent.node.clone(),
+            service_id: Some(id.to_string()),
+            check_id: None,
+        },
+    )
+    .await?;
+    Ok(true)
 }
 
 /// `PUT /v1/agent/service/register[?replace-existing-checks]`

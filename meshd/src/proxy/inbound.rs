@@ -24,6 +24,11 @@ const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one tunnel stream.
 pub async fn serve(inner: Arc<Inner>, mut s: Incoming) {
+    if inner.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        inner.metrics.refuse("", "", "draining");
+        refuse(&mut s, Status::Draining, "this host is shutting down").await;
+        return;
+    }
     let (source, caller_node) = match &s.peer {
         Some(p) if p.trust_domain == inner.trust_domain() => match &p.identity {
             Identity::Service(n) => (n.clone(), None),

@@ -30,6 +30,8 @@ pub enum Status {
     BadHeader = 4,
     /// The caller presented no service or node certificate.
     Unauthenticated = 5,
+    /// The host is shutting down and takes no new connections: try another endpoint.
+    Draining = 6,
 }
 
 impl Status {
@@ -41,13 +43,17 @@ impl Status {
             3 => Status::ConnectFailed,
             4 => Status::BadHeader,
             5 => Status::Unauthenticated,
+            6 => Status::Draining,
             _ => return None,
         })
     }
 
     /// Whether another endpoint may do better.
     pub fn retryable(self) -> bool {
-        matches!(self, Status::NoInstance | Status::ConnectFailed)
+        matches!(
+            self,
+            Status::NoInstance | Status::ConnectFailed | Status::Draining
+        )
     }
 }
 

@@ -220,6 +220,46 @@ impl Transport {
         Ok(())
     }
 
+    /// Replaces this host's certificate and key (a reload of `cert_file`/`key_file`) for new
+    /// connections both ways; the roots trusted now stay, plus those of `material`. Open
+    /// connections keep the certificate they were made with.
+    pub fn set_certificate(&self, mut material: TlsMaterial) -> Result<(), TransportError> {
+        let mut id = self
+            .identity
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let id = &mut *id;
+        for root in std::mem::take(&mut material.roots) {
+            if !id.roots.contains(&root) {
+                id.roots.push(root);
+            }
+        }
+        material.roots = id.roots.clone();
+        if !id.alpns.is_empty() {
+            let alpns: Vec<&[u8]> = id.alpns.iter().map(|a| a.as_slice()).collect();
+            let server = tls::quic_server_config(&material, &alpns, true)
+                .map_err(|e| TransportError::Tls(e.to_string()))?;
+            self.endpoint.set_server_config(Some(server));
+        }
+        id.material = Some(material);
+        self.clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        Ok(())
+    }
+
+    /// The certificate presented now (leaf first), if any.
+    pub fn chain(&self) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+        self.identity
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .material
+            .as_ref()
+            .map(|m| m.chain.clone())
+            .unwrap_or_default()
+    }
+
     /// The roots trusted now.
     pub fn roots(&self) -> Vec<rustls_pki_types::CertificateDer<'static>> {
         self.identity

@@ -169,31 +169,38 @@ async fn agent_checks_ttl_and_maintenance() {
 
 #[tokio::test]
 async fn definition_files_in_both_forms() {
+    use super::super::{parse_definitions, register_prepared};
     let h = Harness::new().await;
+    let register = |v: serde_json::Value| {
+        let ctx = h.ctx.clone();
+        async move {
+            let defs = parse_definitions(&v)?;
+            register_prepared(&ctx, defs, false).await
+        }
+    };
     let one = json!({"service": {"name": "a", "port": 1, "check": {"ttl": "5s"}}});
-    super::super::register_service_definition(&h.ctx, &one, false)
-        .await
-        .expect("one service");
+    register(one).await.expect("one service");
     let many = json!({"services": [{"name": "b"}, {"name": "c", "id": "c1"}]});
-    let ids = super::super::agent::load_definition_file(&h.ctx, &many)
-        .await
-        .expect("list");
+    let ids = register(many).await.expect("list");
     assert_eq!(ids, vec!["b", "c1"]);
     let bare = json!({"Name": "d"});
-    super::super::register_service_definition(&h.ctx, &bare, false)
-        .await
-        .expect("bare definition");
+    register(bare).await.expect("bare definition");
     let services = h.get("/v1/agent/services").await.json();
     let mut ids: Vec<&String> = services.as_object().expect("map").keys().collect();
     ids.sort();
     assert_eq!(ids, ["a", "b", "c1", "d"]);
     // A bad entry stops the whole file before anything is written.
     let bad = json!({"services": [{"name": "e"}, {"port": 1}]});
-    let e = super::super::agent::load_definition_file(&h.ctx, &bad)
-        .await
-        .expect_err("bad");
+    let e = register(bad).await.expect_err("bad");
     assert!(e.to_string().contains("service #2"), "{e}");
     assert!(h.get("/v1/agent/services").await.json().get("e").is_none());
+    // The same ID twice in one file is refused.
+    let twice = json!({"services": [{"name": "f"}, {"name": "f"}]});
+    let e = parse_definitions(&twice)
+        .err()
+        .expect("duplicate")
+        .to_string();
+    assert!(e.contains("defined twice"), "{e}");
 }
 
 #[tokio::test]
