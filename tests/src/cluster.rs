@@ -565,6 +565,14 @@ impl Node {
         self.start().await;
     }
 
+    /// Replaces the node's configuration file (for a reload; a restart also reads it).
+    pub fn set_config(&mut self, config: NodeConfig) -> anyhow::Result<()> {
+        std::fs::write(&self.config_path, config.to_toml())
+            .with_context(|| format!("write {}", self.config_path.display()))?;
+        self.config = config;
+        Ok(())
+    }
+
     /// SIGTERM, then waits up to [`STOP_TIMEOUT`] for the exit (SIGKILL after that, which
     /// fails the caller's expectations: the status says so). `None` when not running.
     pub async fn stop(&mut self) -> Option<ExitStatus> {

@@ -171,6 +171,15 @@ impl Drop for Echo {
 /// Sends `len` deterministic bytes on `conn` while reading everything back; returns the
 /// SHA-256 of what was sent and of what came back. Half-closes after sending.
 pub async fn echo_hashes(conn: TcpStream, len: u64) -> std::io::Result<([u8; 32], [u8; 32])> {
+    echo_hashes_paced(conn, len, Duration::ZERO).await
+}
+
+/// [`echo_hashes`], pausing `pause` after each 64 KiB block: a transfer that lasts.
+pub async fn echo_hashes_paced(
+    conn: TcpStream,
+    len: u64,
+    pause: Duration,
+) -> std::io::Result<([u8; 32], [u8; 32])> {
     use ring::digest::{Context, SHA256};
     let digest = |c: Context| -> [u8; 32] {
         let d = c.finish();
@@ -195,6 +204,9 @@ pub async fn echo_hashes(conn: TcpStream, len: u64) -> std::io::Result<([u8; 32]
             w.write_all(&block[..n]).await?;
             h.update(&block[..n]);
             sent += n as u64;
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
         }
         w.shutdown().await?;
         Ok::<_, std::io::Error>(digest(h))
