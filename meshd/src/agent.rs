@@ -245,12 +245,10 @@ async fn register_definitions(
     ctx: &api::ApiContext,
     definitions: &reload::Definitions,
 ) -> anyhow::Result<()> {
-    for (file, prepared) in definitions {
-        api::register_prepared(ctx, prepared.clone(), false)
-            .await
-            .with_context(|| format!("service definition {}", file.display()))?;
-    }
-    Ok(())
+    reload::register_all(ctx, definitions, false)
+        .await
+        .map(|_| ())
+        .map_err(anyhow::Error::msg)
 }
 
 /// Upserts this node and its liveness check.

@@ -39,19 +39,59 @@ use crate::transport::Transport;
 pub type Definitions = Vec<(PathBuf, Vec<Prepared>)>;
 
 /// Reads and validates every definition file of `dir` (none without a dir). The error names
-/// the file and the reason.
+/// the file and the reason; a service ID defined by two files is an error too.
 pub fn load_definitions(dir: Option<&Path>) -> Result<Definitions, String> {
     let Some(dir) = dir else {
         return Ok(Vec::new());
     };
     let files = crate::definitions::read_dir(dir).map_err(|e| e.to_string())?;
-    files
+    let defs = files
         .into_iter()
         .map(|(file, value)| match api::parse_definitions(&value) {
             Ok(p) => Ok((file, p)),
             Err(e) => Err(format!("service definition {}: {e}", file.display())),
         })
-        .collect()
+        .collect::<Result<Definitions, String>>()?;
+    let mut seen: std::collections::HashMap<&str, &Path> = std::collections::HashMap::new();
+    for (file, prepared) in &defs {
+        for p in prepared {
+            if let Some(first) = seen.insert(&p.service.id, file) {
+                return Err(format!(
+                    "service definition {}: service ID {:?} is already defined in {}",
+                    file.display(),
+                    p.service.id,
+                    first.display()
+                ));
+            }
+        }
+    }
+    Ok(defs)
+}
+
+/// Registrations in flight at once: the Raft log commits concurrent writes together.
+const CONCURRENT_REGISTRATIONS: usize = 64;
+
+/// Registers every definition (IDs are unique across files, so order does not matter);
+/// returns how many. The error names the file.
+pub async fn register_all(
+    ctx: &ApiContext,
+    defs: &Definitions,
+    replace_checks: bool,
+) -> Result<usize, String> {
+    use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
+    let items: Vec<(PathBuf, Prepared)> = defs
+        .iter()
+        .flat_map(|(file, ps)| ps.iter().map(|p| (file.clone(), p.clone())))
+        .collect();
+    stream::iter(items)
+        .map(|(file, p)| async move {
+            api::register_prepared(ctx, vec![p], replace_checks)
+                .await
+                .map_err(|e| format!("registering service definition {}: {e}", file.display()))
+        })
+        .buffer_unordered(CONCURRENT_REGISTRATIONS)
+        .try_fold(0, |n, ids| async move { Ok(n + ids.len()) })
+        .await
 }
 
 /// The service IDs of `defs`.
@@ -222,13 +262,7 @@ impl Reloader {
         self.running.cluster.tls = new.cluster.tls.clone();
 
         let ids = definition_ids(&defs);
-        let mut registered = 0;
-        for (file, prepared) in defs {
-            registered += prepared.len();
-            api::register_prepared(&self.ctx, prepared, true)
-                .await
-                .map_err(|e| format!("registering service definition {}: {e}", file.display()))?;
-        }
+        let registered = register_all(&self.ctx, &defs, true).await?;
         let mut removed = Vec::new();
         for gone in self.from_files.difference(&ids) {
             if api::deregister_local(&self.ctx, gone)
