@@ -227,6 +227,21 @@ pub async fn echo_hashes_paced(
     Ok((a, b))
 }
 
+/// `service`'s virtual IP and `port` as `node` sees it, once an echo through it from `node`'s
+/// namespace comes back intact.
+pub async fn echo_through_vip(node: &Node, service: &str, port: u16) -> SocketAddr {
+    let vip = virtual_ip(node, service).await;
+    let target: SocketAddr = format!("{vip}:{port}").parse().expect("address");
+    wait_until(PROPAGATE, "echo answers through its virtual IP", || async {
+        match connect_in(node.ns(), target).await {
+            Ok(conn) => matches!(echo_hashes(conn, 16).await, Ok((x, y)) if x == y),
+            Err(_) => false,
+        }
+    })
+    .await;
+    target
+}
+
 /// The port `api` listens on, on B and C (each host has its own loopback).
 pub const API_PORT: u16 = 18080;
 /// `web`'s explicit upstream to `api` on host A.

@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde_json::json;
 use tests::cluster::Tls;
 use tests::mesh::{
-    connect_in, curl, echo_hashes, metric_sum, passing, register, tunnel_probe, virtual_ip, Echo,
-    Mesh, NamedHttp, Probe, API_PORT, PROPAGATE, UPSTREAM_PORT,
+    connect_in, curl, echo_hashes, echo_through_vip, metric_sum, passing, register, tunnel_probe,
+    virtual_ip, Echo, Mesh, NamedHttp, Probe, API_PORT, PROPAGATE, UPSTREAM_PORT,
 };
 use tests::{wait_for, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -177,15 +177,7 @@ async fn bulk_and_many_connections_through_one_tunnel_arrive_intact() {
         json!({"Name": "echo", "Port": echo.addr().port(), "Address": "127.0.0.1"}),
     )
     .await;
-    let vip = virtual_ip(a, "echo").await;
-    let target: SocketAddr = format!("{vip}:{ECHO_PORT}").parse().expect("address");
-    wait_until(PROPAGATE, "echo answers through its virtual IP", || async {
-        match connect_in(a.ns(), target).await {
-            Ok(conn) => matches!(echo_hashes(conn, 16).await, Ok((x, y)) if x == y),
-            Err(_) => false,
-        }
-    })
-    .await;
+    let target = echo_through_vip(a, "echo", ECHO_PORT).await;
 
     let conn = connect_in(a.ns(), target).await.expect("connect");
     let (sent, back) = echo_hashes(conn, 256 << 20).await.expect("256 MiB echo");

@@ -6,12 +6,11 @@
 //! - SIGTERM on A during a transfer from A to C: A takes no new connections, the transfer
 //!   completes byte for byte within `drain_timeout`, then A exits 0.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::json;
 use tests::mesh::{
-    connect_in, echo_hashes, echo_hashes_paced, metric_sum, register, virtual_ip, Echo, Mesh,
+    connect_in, echo_hashes, echo_hashes_paced, echo_through_vip, metric_sum, register, Echo, Mesh,
     PROPAGATE,
 };
 use tests::netns::send_signal;
@@ -32,21 +31,6 @@ async fn round_trip(conn: &mut TcpStream, what: &[u8]) -> std::io::Result<()> {
         return Err(std::io::Error::other("echo differs"));
     }
     Ok(())
-}
-
-/// Waits until `service`'s virtual IP on A answers, and returns its address.
-async fn echo_target(mesh: &Mesh, service: &str) -> SocketAddr {
-    let a = mesh.a();
-    let vip = virtual_ip(a, service).await;
-    let target: SocketAddr = format!("{vip}:{ECHO_PORT}").parse().expect("address");
-    wait_until(PROPAGATE, "echo answers through its virtual IP", || async {
-        match connect_in(a.ns(), target).await {
-            Ok(conn) => matches!(echo_hashes(conn, 16).await, Ok((x, y)) if x == y),
-            Err(_) => false,
-        }
-    })
-    .await;
-    target
 }
 
 async fn reloads_ok(api: &tests::http::Api) -> f64 {
@@ -76,8 +60,8 @@ async fn proxied_connections_survive_reloads_and_drain_on_sigterm() {
         json!({"Name": "echo2", "Port": echo_c.addr().port(), "Address": "127.0.0.1"}),
     )
     .await;
-    let to_b = echo_target(&mesh, "echo").await;
-    let to_c = echo_target(&mesh, "echo2").await;
+    let to_b = echo_through_vip(mesh.a(), "echo", ECHO_PORT).await;
+    let to_c = echo_through_vip(mesh.a(), "echo2", ECHO_PORT).await;
 
     // --- Reloads while a connection from A to B is open ---------------------------------------
     let mut open = connect_in(mesh.a().ns(), to_b).await.expect("connect");
