@@ -49,7 +49,9 @@ use tracing::Instrument as _;
 use crate::checks::CheckRunner;
 use crate::local::AgentInfo;
 use crate::store::Store;
-pub use agent::{deregister_local, parse_definitions, register_prepared, Prepared};
+pub use agent::{
+    deregister_local, parse_definitions, register_prepared, registered_unchanged, Prepared,
+};
 pub use error::ApiError;
 pub use metrics::ApiMetrics;
 

@@ -72,16 +72,28 @@ pub fn load_definitions(dir: Option<&Path>) -> Result<Definitions, String> {
 const CONCURRENT_REGISTRATIONS: usize = 64;
 
 /// Registers every definition (IDs are unique across files, so order does not matter);
-/// returns how many. The error names the file.
+/// returns how many were written. A reload (`replace_checks`) skips those this node already
+/// holds unchanged. The error names the file.
 pub async fn register_all(
     ctx: &ApiContext,
     defs: &Definitions,
     replace_checks: bool,
 ) -> Result<usize, String> {
     use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
-    let items: Vec<(PathBuf, Prepared)> = defs
+    let all: Vec<(&PathBuf, &Prepared)> = defs
         .iter()
-        .flat_map(|(file, ps)| ps.iter().map(|p| (file.clone(), p.clone())))
+        .flat_map(|(file, ps)| ps.iter().map(move |p| (file, p)))
+        .collect();
+    let unchanged = if replace_checks {
+        api::registered_unchanged(ctx, &all.iter().map(|(_, p)| *p).collect::<Vec<_>>())
+    } else {
+        vec![false; all.len()]
+    };
+    let items: Vec<(PathBuf, Prepared)> = all
+        .into_iter()
+        .zip(unchanged)
+        .filter(|(_, same)| !same)
+        .map(|((file, p), _)| (file.clone(), p.clone()))
         .collect();
     stream::iter(items)
         .map(|(file, p)| async move {
@@ -262,7 +274,7 @@ impl Reloader {
         self.running.cluster.tls = new.cluster.tls.clone();
 
         let ids = definition_ids(&defs);
-        let registered = register_all(&self.ctx, &defs, true).await?;
+        let written = register_all(&self.ctx, &defs, true).await?;
         let mut removed = Vec::new();
         for gone in self.from_files.difference(&ids) {
             if api::deregister_local(&self.ctx, gone)
@@ -272,8 +284,11 @@ impl Reloader {
                 removed.push(gone.clone());
             }
         }
+        done.push(format!(
+            "{} service definitions ({written} new or changed)",
+            ids.len()
+        ));
         self.from_files = ids;
-        done.push(format!("{registered} service definitions"));
         if !removed.is_empty() {
             done.push(format!("removed {}", removed.join(", ")));
         }

@@ -176,6 +176,48 @@ pub async fn register_prepared(
     Ok(ids)
 }
 
+/// For each of `defs`, whether this agent's node already holds exactly that registration
+/// (indexes, check status and output aside): a reload then skips its write.
+pub fn registered_unchanged(ctx: &ApiContext, defs: &[&Prepared]) -> Vec<bool> {
+    // The registry fills in the node and the service's name and tags (the service is compared
+    // on its own).
+    let normalize = |c: &Check| Check {
+        node: String::new(),
+        service_name: String::new(),
+        service_tags: Vec::new(),
+        status: registry::Status::Passing,
+        output: String::new(),
+        create_index: 0,
+        modify_index: 0,
+        ..c.clone()
+    };
+    let st = ctx.registry.read();
+    let node = &ctx.agent.node;
+    let mut checks: std::collections::HashMap<&str, Vec<Check>> = std::collections::HashMap::new();
+    for c in st.node_checks(node) {
+        checks.entry(&c.service_id).or_default().push(normalize(c));
+    }
+    defs.iter()
+        .map(|p| {
+            let Some(current) = st.service(node, &p.service.id) else {
+                return false;
+            };
+            let same_service = Service {
+                create_index: 0,
+                modify_index: 0,
+                ..current.clone()
+            } == p.service;
+            let have = checks
+                .get(p.service.id.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            same_service
+                && have.len() == p.checks.len()
+                && p.checks.iter().all(|c| have.contains(&normalize(c)))
+        })
+        .collect()
+}
+
 /// Removes a service of this agent (and its checks); `false` when it was not registered.
 pub async fn deregister_local(ctx: &ApiContext, id: &str) -> Result<bool, ApiError> {
     if ctx.registry.read().service(&ctx.agent.node, id).is_none() {

@@ -194,6 +194,21 @@ async fn definition_files_in_both_forms() {
     let e = register(bad).await.expect_err("bad");
     assert!(e.to_string().contains("service #2"), "{e}");
     assert!(h.get("/v1/agent/services").await.json().get("e").is_none());
+    // What was registered is recognised as such (a reload skips it); a change is not.
+    let defs =
+        parse_definitions(&json!({"service": {"name": "a", "port": 1, "check": {"ttl": "5s"}}}))
+            .expect("valid");
+    assert_eq!(
+        super::super::registered_unchanged(&h.ctx, &[&defs[0]]),
+        [true]
+    );
+    let defs =
+        parse_definitions(&json!({"service": {"name": "a", "port": 2, "check": {"ttl": "5s"}}}))
+            .expect("valid");
+    assert_eq!(
+        super::super::registered_unchanged(&h.ctx, &[&defs[0]]),
+        [false]
+    );
     // The same ID twice in one file is refused.
     let twice = json!({"services": [{"name": "f"}, {"name": "f"}]});
     let e = parse_definitions(&twice)
