@@ -1,6 +1,6 @@
 //! Reload and drain across hosts (server A, agents B and C in their own network namespaces):
 //! - a connection proxied from A to B stays up while A reloads with a new server certificate
-//!   and B reloads a new `drain_timeout`;
+//!   and B reloads a new `drain_timeout` and `log_level`;
 //! - SIGTERM on B while a proxied connection into it is open: B refuses new streams, cuts the
 //!   connection at its (reloaded) 1 s `drain_timeout` and exits 0;
 //! - SIGTERM on A during a transfer from A to C: A takes no new connections, the transfer
@@ -80,6 +80,7 @@ async fn proxied_connections_survive_reloads_and_drain_on_sigterm() {
     b_config
         .extra
         .push(("drain_timeout".into(), "\"1s\"".into()));
+    b_config.log_level = "warn".into();
     mesh.cluster
         .agent_mut(0)
         .set_config(b_config)
@@ -94,6 +95,12 @@ async fn proxied_connections_survive_reloads_and_drain_on_sigterm() {
     assert!(
         mesh.a().log().contains("TLS certificate"),
         "A's reload installed its new certificate"
+    );
+    // B's new log level (warn) applied before the reload logged its summary at info.
+    assert!(mesh.a().log().contains("configuration reloaded"));
+    assert!(
+        !mesh.b().log().contains("configuration reloaded"),
+        "B's log level is warn after its reload"
     );
     round_trip(&mut open, b"after the reloads")
         .await
