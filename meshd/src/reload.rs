@@ -367,3 +367,55 @@ fn restart_only_changes(old: &RuntimeConfig, new: &RuntimeConfig) -> Vec<&'stati
         .map(|(k, _)| k)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev_config(extra: &str) -> RuntimeConfig {
+        let f = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(f.path(), extra).expect("write");
+        let args = AgentArgs {
+            dev: true,
+            node: Some("n1".into()),
+            config: Some(f.path().to_path_buf()),
+            ..AgentArgs::default()
+        };
+        config::build(&args).expect("valid")
+    }
+
+    #[test]
+    fn keys_fixed_at_start_are_named_and_reloadable_ones_are_not() {
+        let old = dev_config("log_level = \"info\"\n");
+        let new = dev_config(
+            "log_level = \"debug\"\ndrain_timeout = \"5s\"\nhttp_addr = \"127.0.0.1:9500\"\n\
+             [dns_config]\nnode_ttl = \"10s\"\n",
+        );
+        assert_eq!(restart_only_changes(&old, &new), ["http_addr", "dns"]);
+        assert!(restart_only_changes(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn definitions_name_the_file_and_refuse_an_id_defined_twice() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| std::fs::write(d.path().join(name), text);
+        write("a.json", r#"{"service": {"name": "web"}}"#).expect("write");
+        write(
+            "b.json",
+            r#"{"services": [{"name": "db"}, {"name": "db", "id": "db2"}]}"#,
+        )
+        .expect("write");
+        let defs = load_definitions(Some(d.path())).expect("valid");
+        assert_eq!(
+            definition_ids(&defs).into_iter().collect::<Vec<_>>(),
+            ["db", "db2", "web"]
+        );
+        write("c.json", r#"{"service": {"name": "other", "id": "web"}}"#).expect("write");
+        let e = load_definitions(Some(d.path())).expect_err("web twice");
+        assert!(
+            e.contains("c.json") && e.contains("a.json") && e.contains("\"web\""),
+            "{e}"
+        );
+        assert!(load_definitions(None).expect("no dir").is_empty());
+    }
+}

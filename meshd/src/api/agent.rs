@@ -59,7 +59,7 @@ pub(super) fn keep_current_status(ctx: &ApiContext, checks: &mut [Check]) {
 }
 
 /// A validated service registration, ready to write.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Prepared {
     pub service: Service,
     checks: Vec<Check>,
