@@ -212,8 +212,7 @@ async fn definition_files_in_both_forms() {
     // The same ID twice in one file is refused.
     let twice = json!({"services": [{"name": "f"}, {"name": "f"}]});
     let e = parse_definitions(&twice)
-        .err()
-        .expect("duplicate")
+        .expect_err("duplicate")
         .to_string();
     assert!(e.contains("defined twice"), "{e}");
 }
