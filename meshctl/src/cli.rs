@@ -3,10 +3,14 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgGroup, Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueHint};
 
 use crate::client::parse_http_addr;
 use crate::output::Format;
+
+mod ops;
+
+pub use ops::{CompletionArgs, DebugArgs, ManArgs, EXIT_STATUS_HELP};
 
 /// Environment variable that sets `--http-addr`.
 pub const HTTP_ADDR_ENV: &str = "MESH_HTTP_ADDR";
@@ -15,7 +19,7 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
 
 /// Operate a meshd cluster through the local agent's HTTP API.
 #[derive(Parser, Debug)]
-#[command(name = "meshctl", version)]
+#[command(name = "meshctl", version, after_help = EXIT_STATUS_HELP)]
 pub struct Cli {
     /// Address of the meshd agent's HTTP API: host:port or http://host:port.
     #[arg(
@@ -28,7 +32,8 @@ pub struct Cli {
     )]
     pub http_addr: String,
 
-    /// Output format: an aligned table, or the API's JSON (pretty-printed).
+    /// Output format: an aligned table, or JSON (pretty-printed): the API's answer for reads,
+    /// an object such as {"Ok": true, ...} for commands that act.
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
 
@@ -58,7 +63,7 @@ pub enum Command {
     /// Cluster operations: the Raft peer set.
     #[command(subcommand)]
     Operator(OperatorCommand),
-    /// Save or restore a snapshot of the servers' state.
+    /// Save, restore or inspect a snapshot of the servers' state.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
     /// Create the mesh CA and server certificates, offline, in the current directory.
@@ -73,6 +78,16 @@ pub enum Command {
     /// Config entries (`service-defaults`): write, read, list, delete.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Make the local agent reload its configuration and service definitions.
+    Reload,
+    /// Collect the agent's state, metrics and recent logs into one .tar.gz for a bug report.
+    Debug(DebugArgs),
+    /// Print meshctl's version and the agent's (exit 0 even when the agent does not answer).
+    Version,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completion(CompletionArgs),
+    /// Print the man page meshctl(1), or write every page into a directory.
+    Man(ManArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -115,7 +130,10 @@ pub enum CaCommand {
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// Write the config entry in FILE (JSON; `-` reads stdin).
-    Write { file: PathBuf },
+    Write {
+        #[arg(value_hint = ValueHint::FilePath)]
+        file: PathBuf,
+    },
     /// Show one config entry.
     Read {
         #[arg(long)]
@@ -170,6 +188,7 @@ pub enum SnapshotCommand {
     /// Save a snapshot of the servers' state to FILE (GET /v1/snapshot).
     Save {
         /// Where to write the snapshot (written to FILE.tmp, then renamed).
+        #[arg(value_hint = ValueHint::FilePath)]
         file: PathBuf,
 
         /// Let any server answer, not only the leader (the snapshot may be stale).
@@ -179,6 +198,13 @@ pub enum SnapshotCommand {
     /// Restore the servers' state from a snapshot FILE (PUT /v1/snapshot).
     Restore {
         /// A snapshot written by `meshctl snapshot save`.
+        #[arg(value_hint = ValueHint::FilePath)]
+        file: PathBuf,
+    },
+    /// Check a snapshot FILE offline and show its index, size and what it holds.
+    Inspect {
+        /// A snapshot written by `meshctl snapshot save`.
+        #[arg(value_hint = ValueHint::FilePath)]
         file: PathBuf,
     },
 }
@@ -228,11 +254,11 @@ pub struct CertCreateArgs {
     pub dc: String,
 
     /// The CA certificate.
-    #[arg(long, default_value = "mesh-agent-ca.pem")]
+    #[arg(long, default_value = "mesh-agent-ca.pem", value_hint = ValueHint::FilePath)]
     pub ca: PathBuf,
 
     /// The CA's private key.
-    #[arg(long, default_value = "mesh-agent-ca-key.pem")]
+    #[arg(long, default_value = "mesh-agent-ca-key.pem", value_hint = ValueHint::FilePath)]
     pub key: PathBuf,
 
     /// Days the certificate is valid (never past the CA's expiry).
@@ -294,6 +320,7 @@ pub struct RegisterArgs {
     /// Consul service-definition JSON: a service object or {"service": {...}}; `-` reads stdin.
     #[arg(
         value_name = "FILE",
+        value_hint = ValueHint::FilePath,
         conflicts_with_all = [
             "name", "port", "id", "address", "tags", "meta",
             "check_http", "check_tcp", "check_ttl", "check_interval",
@@ -465,320 +492,4 @@ pub fn parse_duration(s: &str) -> Result<String, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory as _;
-
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("meshctl").chain(args.iter().copied()))
-    }
-
-    #[test]
-    fn clap_definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn global_flags_and_defaults() {
-        // The test environment could set MESH_HTTP_ADDR; pass the flag to stay independent.
-        let cli = parse(&["--http-addr", "127.0.0.1:8500", "members"]).unwrap();
-        assert_eq!(cli.http_addr, "http://127.0.0.1:8500");
-        assert_eq!(cli.output, Format::Table);
-        assert!(matches!(cli.command, Command::Members));
-
-        let cli = parse(&[
-            "services",
-            "-o",
-            "json",
-            "--http-addr",
-            "http://10.0.0.1:9500/",
-        ])
-        .unwrap();
-        assert_eq!(cli.http_addr, "http://10.0.0.1:9500");
-        assert_eq!(cli.output, Format::Json);
-
-        assert!(parse(&["members", "-o", "yaml"]).is_err());
-        assert!(parse(&["members", "--http-addr", "https://x:1"]).is_err());
-    }
-
-    #[test]
-    fn service_register_from_flags() {
-        let cli = parse(&[
-            "service",
-            "register",
-            "--name",
-            "web",
-            "--port",
-            "8080",
-            "--tag",
-            "a",
-            "--tag",
-            "b",
-            "--meta",
-            "version=1=2",
-            "--check-http",
-            "http://127.0.0.1:8080/health",
-            "--check-interval",
-            "10s",
-        ])
-        .unwrap();
-        let Command::Service(ServiceCommand::Register(args)) = cli.command else {
-            panic!("wrong command");
-        };
-        assert_eq!(args.name.as_deref(), Some("web"));
-        assert_eq!(args.port, Some(8080));
-        assert_eq!(args.tags, ["a", "b"]);
-        assert_eq!(args.meta, [("version".to_string(), "1=2".to_string())]);
-        assert_eq!(args.check_interval.as_deref(), Some("10s"));
-        assert!(args.file.is_none());
-    }
-
-    #[test]
-    fn service_register_rejects_bad_combinations() {
-        // Neither a file nor a name.
-        assert!(parse(&["service", "register"]).is_err());
-        // A name without a port.
-        assert!(parse(&["service", "register", "--name", "web"]).is_err());
-        // A file and flags.
-        assert!(parse(&["service", "register", "web.json", "--name", "web"]).is_err());
-        // Two check kinds.
-        assert!(parse(&[
-            "service",
-            "register",
-            "--name",
-            "w",
-            "--port",
-            "1",
-            "--check-ttl",
-            "30s",
-            "--check-tcp",
-            "127.0.0.1:1",
-            "--check-interval",
-            "10s",
-        ])
-        .is_err());
-        // An HTTP check without an interval, an interval without a check, a TTL with one.
-        assert!(parse(&[
-            "service",
-            "register",
-            "--name",
-            "w",
-            "--port",
-            "1",
-            "--check-http",
-            "http://x/"
-        ])
-        .is_err());
-        assert!(parse(&[
-            "service",
-            "register",
-            "--name",
-            "w",
-            "--port",
-            "1",
-            "--check-interval",
-            "10s"
-        ])
-        .is_err());
-        assert!(parse(&[
-            "service",
-            "register",
-            "--name",
-            "w",
-            "--port",
-            "1",
-            "--check-ttl",
-            "30s",
-            "--check-interval",
-            "10s",
-        ])
-        .is_err());
-        // Bad values.
-        assert!(parse(&["service", "register", "--name", "w", "--port", "70000"]).is_err());
-        assert!(
-            parse(&["service", "register", "--name", "w", "--port", "1", "--meta", "novalue"])
-                .is_err()
-        );
-        assert!(parse(&[
-            "service",
-            "register",
-            "--name",
-            "w",
-            "--port",
-            "1",
-            "--check-ttl",
-            "30"
-        ])
-        .is_err());
-    }
-
-    #[test]
-    fn service_register_from_file() {
-        let cli = parse(&["service", "register", "web.json"]).unwrap();
-        let Command::Service(ServiceCommand::Register(args)) = cli.command else {
-            panic!("wrong command");
-        };
-        assert_eq!(args.file, Some(PathBuf::from("web.json")));
-    }
-
-    #[test]
-    fn kv_commands() {
-        let cli = parse(&["kv", "put", "a/b", "-", "--cas", "0", "--flags", "42"]).unwrap();
-        let Command::Kv(KvCommand::Put {
-            key,
-            value,
-            flags,
-            cas,
-        }) = cli.command
-        else {
-            panic!("wrong command");
-        };
-        assert_eq!(
-            (key.as_str(), value.as_deref(), flags, cas),
-            ("a/b", Some("-"), Some(42), Some(0))
-        );
-
-        assert!(parse(&["kv", "get"]).is_err());
-        assert!(parse(&["kv", "get", "--recurse"]).is_ok());
-        assert!(parse(&["kv", "delete", "a", "--recurse", "--cas", "3"]).is_err());
-
-        let cli = parse(&["kv", "ls"]).unwrap();
-        let Command::Kv(KvCommand::Ls { prefix, separator }) = cli.command else {
-            panic!("wrong command");
-        };
-        assert_eq!((prefix.as_str(), separator.as_str()), ("", "/"));
-    }
-
-    #[test]
-    fn health_args() {
-        let cli = parse(&["health", "web", "--passing"]).unwrap();
-        let Command::Health(args) = cli.command else {
-            panic!("wrong command");
-        };
-        assert_eq!(args.service, "web");
-        assert!(args.passing);
-    }
-
-    #[test]
-    fn operator_and_snapshot_commands() {
-        let cli = parse(&["operator", "raft", "list-peers", "-o", "json"]).unwrap();
-        assert!(matches!(
-            cli.command,
-            Command::Operator(OperatorCommand::Raft(RaftCommand::ListPeers))
-        ));
-        let cli = parse(&["operator", "raft", "remove-peer", "--id", "abc"]).unwrap();
-        let Command::Operator(OperatorCommand::Raft(RaftCommand::RemovePeer(args))) = cli.command
-        else {
-            panic!("wrong command");
-        };
-        assert_eq!((args.id.as_deref(), args.address), (Some("abc"), None));
-        assert!(parse(&["operator", "raft", "remove-peer"]).is_err());
-        assert!(parse(&[
-            "operator",
-            "raft",
-            "remove-peer",
-            "--id",
-            "a",
-            "--address",
-            "b"
-        ])
-        .is_err());
-
-        let cli = parse(&["snapshot", "save", "--stale", "s.snap"]).unwrap();
-        let Command::Snapshot(SnapshotCommand::Save { file, stale }) = cli.command else {
-            panic!("wrong command");
-        };
-        assert_eq!((file, stale), (PathBuf::from("s.snap"), true));
-        assert!(parse(&["snapshot", "restore"]).is_err());
-        assert!(matches!(parse(&["leave"]).unwrap().command, Command::Leave));
-    }
-
-    #[test]
-    fn consul_single_dash_flags() {
-        let args = |a: &[&str]| -> Vec<String> {
-            consul_style_args(a.iter().copied())
-                .into_iter()
-                .map(|s| s.into_string().unwrap())
-                .collect()
-        };
-        assert_eq!(
-            args(&["meshctl", "operator", "raft", "remove-peer", "-id", "x"]),
-            ["meshctl", "operator", "raft", "remove-peer", "--id", "x"]
-        );
-        assert_eq!(
-            args(&[
-                "meshctl",
-                "operator",
-                "raft",
-                "remove-peer",
-                "-address=10.0.0.1:8301"
-            ]),
-            [
-                "meshctl",
-                "operator",
-                "raft",
-                "remove-peer",
-                "--address=10.0.0.1:8301"
-            ]
-        );
-        assert_eq!(
-            args(&["meshctl", "snapshot", "save", "-stale", "f"]),
-            ["meshctl", "snapshot", "save", "--stale", "f"]
-        );
-        // Not after another command, not a value, not after `--`.
-        assert_eq!(
-            args(&["meshctl", "kv", "put", "k", "-id"]),
-            ["meshctl", "kv", "put", "k", "-id"]
-        );
-        assert_eq!(
-            args(&["meshctl", "snapshot", "save", "--", "-stale"]),
-            ["meshctl", "snapshot", "save", "--", "-stale"]
-        );
-        let cli = Cli::try_parse_from(consul_style_args([
-            "meshctl",
-            "operator",
-            "raft",
-            "remove-peer",
-            "-id",
-            "r1",
-        ]))
-        .unwrap();
-        assert!(matches!(
-            cli.command,
-            Command::Operator(OperatorCommand::Raft(RaftCommand::RemovePeer(
-                RemovePeerArgs { id: Some(_), .. }
-            )))
-        ));
-    }
-
-    #[test]
-    fn tls_commands() {
-        let cli = parse(&["tls", "ca", "create"]).unwrap();
-        let Command::Tls(TlsCommand::Ca(TlsCaCommand::Create { trust_domain, days })) = cli.command
-        else {
-            panic!("wrong command");
-        };
-        assert_eq!((trust_domain.as_str(), days), ("mesh.local", 1825));
-        assert!(parse(&["tls", "ca", "create", "--days", "0"]).is_err());
-
-        let cli = parse(&["tls", "cert", "create", "--server", "--node", "s1"]).unwrap();
-        let Command::Tls(TlsCommand::Cert(TlsCertCommand::Create(args))) = cli.command else {
-            panic!("wrong command");
-        };
-        assert!(args.server);
-        assert_eq!(args.node.as_deref(), Some("s1"));
-        assert_eq!((args.dc.as_str(), args.days), ("dc1", 365));
-        assert_eq!(args.ca, PathBuf::from("mesh-agent-ca.pem"));
-        assert_eq!(args.key, PathBuf::from("mesh-agent-ca-key.pem"));
-    }
-
-    #[test]
-    fn durations() {
-        for ok in ["10s", "1m30s", "500ms", "1.5h", "2us", "100ns"] {
-            assert_eq!(parse_duration(ok).as_deref(), Ok(ok), "{ok}");
-        }
-        for bad in ["", "10", "s", "10x", "0s", "-5s", "1m 30s"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
-}
+mod tests;

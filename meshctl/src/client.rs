@@ -108,8 +108,12 @@ fn encode(s: &str, keep_slash: bool) -> String {
 pub enum ClientError {
     /// No TCP connection to the agent.
     Connect { addr: String, cause: String },
-    /// The agent did not answer in time.
-    Timeout { method: Method, path: String },
+    /// The agent did not answer within `after`.
+    Timeout {
+        method: Method,
+        path: String,
+        after: Duration,
+    },
     /// Any other transport failure.
     Transport {
         method: Method,
@@ -139,13 +143,15 @@ impl fmt::Display for ClientError {
                 "cannot connect to meshd at {addr}: {cause} (is `meshd agent` running? \
                  set --http-addr or MESH_HTTP_ADDR)"
             ),
-            ClientError::Timeout { method, path } => {
-                write!(
-                    f,
-                    "{method} {path}: no answer within {}s",
-                    REQUEST_TIMEOUT.as_secs()
-                )
-            }
+            ClientError::Timeout {
+                method,
+                path,
+                after,
+            } => write!(
+                f,
+                "{method} {path}: no answer within {}s",
+                after.as_secs_f64()
+            ),
             ClientError::Transport {
                 method,
                 path,
@@ -176,6 +182,27 @@ impl fmt::Display for ClientError {
 }
 
 impl std::error::Error for ClientError {}
+
+impl ClientError {
+    /// Whether the agent never answered (no connection, a timeout, a broken transport), as
+    /// opposed to answering with an error status or an unexpected body.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Connect { .. }
+                | ClientError::Timeout { .. }
+                | ClientError::Transport { .. }
+        )
+    }
+
+    /// The HTTP status of an error answer, if the agent answered.
+    pub fn status(&self) -> Option<reqwest::StatusCode> {
+        match self {
+            ClientError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
 
 /// The innermost cause of an error: for a refused connection, "Connection refused (os error
 /// 111)" rather than reqwest's wrapper text.
@@ -218,19 +245,34 @@ struct Answer {
 pub struct Client {
     base: String,
     http: HttpClient,
+    timeout: Duration,
 }
 
 impl Client {
     /// `base` is a URL from [`parse_http_addr`].
     pub fn new(base: String) -> anyhow::Result<Client> {
+        Client::with_timeout(base, REQUEST_TIMEOUT)
+    }
+
+    /// A client whose requests (connecting included) give up after `timeout`.
+    pub fn with_timeout(base: String, timeout: Duration) -> anyhow::Result<Client> {
         // reqwest is built without a default crypto provider; ring is the one the workspace uses.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = HttpClient::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT.min(timeout))
+            .timeout(timeout)
             .user_agent(concat!("meshctl/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Client { base, http })
+        Ok(Client {
+            base,
+            http,
+            timeout,
+        })
+    }
+
+    /// The agent's base URL, `http://host:port`.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     /// Sends a request; returns the body of a 2xx answer, `None` for a 404 when `allow_404`.
@@ -270,6 +312,7 @@ impl Client {
                 ClientError::Timeout {
                     method: method.clone(),
                     path: path.to_string(),
+                    after: self.timeout,
                 }
             } else {
                 ClientError::Transport {
@@ -334,6 +377,13 @@ impl Client {
     /// GET raw bytes; `None` for a 404.
     pub fn get_raw_opt(&self, path: &str) -> Result<Option<Vec<u8>>, ClientError> {
         self.send(Method::GET, path, None, true)
+    }
+
+    /// GET raw bytes; a 404 is an error like any other non-2xx status.
+    pub fn get_raw(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        Ok(self
+            .send(Method::GET, path, None, false)?
+            .unwrap_or_default())
     }
 
     /// PUT a JSON body; returns the answer's JSON, if any.

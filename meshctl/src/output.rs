@@ -9,7 +9,7 @@ use serde_json::Value;
 pub enum Format {
     /// Aligned columns.
     Table,
-    /// The API's JSON, pretty-printed.
+    /// JSON, pretty-printed: the API's answer, or an object saying what was done.
     Json,
 }
 

@@ -3,7 +3,7 @@
 
 use super::Ctx;
 use crate::cli::CaCommand;
-use crate::output::{self, str_field, Format, Table};
+use crate::output::{str_field, Table};
 
 pub fn run(ctx: &Ctx, cmd: CaCommand) -> anyhow::Result<()> {
     match cmd {
@@ -28,14 +28,12 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> anyhow::Result<()> {
                 .client
                 .post_json("/v1/mesh/ca/rotate", None)?
                 .unwrap_or_default();
-            match ctx.format {
-                Format::Json => output::print(&output::json_pretty(&v))?,
-                Format::Table => output::print(&format!(
-                    "Rotated: new active root {}; leaves are being re-issued, old roots stay trusted\n",
-                    str_field(&v, "ActiveRootID")
-                ))?,
-            }
-            Ok(())
+            // JSON: the API's answer ({"ActiveRootID": ...}) with "Ok".
+            let message = format!(
+                "Rotated: new active root {}; leaves are being re-issued, old roots stay trusted",
+                str_field(&v, "ActiveRootID")
+            );
+            ctx.acted(&message, v)
         }
     }
 }

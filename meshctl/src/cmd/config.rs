@@ -4,11 +4,12 @@ use std::io::Read as _;
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
+use serde_json::json;
 
 use super::Ctx;
 use crate::cli::ConfigCommand;
 use crate::client::encode_segment;
-use crate::output::{self, str_field, Format, Table};
+use crate::output::{self, str_field, Table};
 
 pub fn run(ctx: &Ctx, cmd: ConfigCommand) -> anyhow::Result<()> {
     match cmd {
@@ -20,7 +21,7 @@ pub fn run(ctx: &Ctx, cmd: ConfigCommand) -> anyhow::Result<()> {
                 encode_segment(&name)
             );
             let Some(v) = ctx.client.get_json_opt(&path, true)? else {
-                bail!("no config entry {kind}/{name}");
+                bail!("not found: no config entry {kind}/{name}");
             };
             output::print(&output::json_pretty(&v))?;
             Ok(())
@@ -47,10 +48,10 @@ pub fn run(ctx: &Ctx, cmd: ConfigCommand) -> anyhow::Result<()> {
                 encode_segment(&name)
             );
             ctx.client.delete(&path)?;
-            if ctx.format == Format::Table {
-                output::print(&format!("Deleted config entry {kind}/{name}\n"))?;
-            }
-            Ok(())
+            ctx.acted(
+                &format!("Deleted config entry {kind}/{name}"),
+                json!({"Kind": kind, "Name": name}),
+            )
         }
     }
 }
@@ -71,12 +72,9 @@ fn write(ctx: &Ctx, file: &Path) -> anyhow::Result<()> {
     if ok == Some(serde_json::Value::Bool(false)) {
         bail!("the config entry was not written");
     }
-    if ctx.format == Format::Table {
-        output::print(&format!(
-            "Config entry written: {}/{}\n",
-            str_field(&entry, "Kind"),
-            str_field(&entry, "Name")
-        ))?;
-    }
-    Ok(())
+    let (kind, name) = (str_field(&entry, "Kind"), str_field(&entry, "Name"));
+    ctx.acted(
+        &format!("Config entry written: {kind}/{name}"),
+        json!({"Kind": kind, "Name": name}),
+    )
 }

@@ -4,7 +4,7 @@
 use anyhow::bail;
 use serde_json::{json, Value};
 
-use super::Ctx;
+use super::{Ctx, Denied};
 use crate::cli::IntentionCommand;
 use crate::client::encode_segment;
 use crate::output::{self, str_field, Format, Table};
@@ -21,11 +21,14 @@ pub fn run(ctx: &Ctx, cmd: IntentionCommand) -> anyhow::Result<()> {
         } => create(ctx, &src, &dst, deny, &description, replace),
         IntentionCommand::Delete { src, dst } => {
             ctx.client.delete(&exact("exact", &src, &dst))?;
-            done(ctx, &format!("Intention deleted: {src} => {dst}"))
+            ctx.acted(
+                &format!("Intention deleted: {src} => {dst}"),
+                json!({"Source": src, "Destination": dst}),
+            )
         }
         IntentionCommand::Get { src, dst } => {
             let Some(v) = ctx.client.get_json_opt(&exact("exact", &src, &dst), true)? else {
-                bail!("no intention from {src} to {dst}");
+                bail!("not found: no intention from {src} to {dst}");
             };
             ctx.show(&v, || table(std::slice::from_ref(&v)))
         }
@@ -69,9 +72,10 @@ fn create(
     replace: bool,
 ) -> anyhow::Result<()> {
     let action = if deny { "deny" } else { "allow" };
-    if replace {
+    // POST answers {"ID": ...}; PUT .../exact answers true.
+    let answer = if replace {
         let body = json!({"Action": action, "Description": description});
-        ctx.client.put_json(&exact("exact", src, dst), &body)?;
+        ctx.client.put_json(&exact("exact", src, dst), &body)?
     } else {
         let (name, node) = source(src);
         let body = json!({
@@ -82,27 +86,28 @@ fn create(
             "Description": description,
         });
         ctx.client
-            .post_json("/v1/connect/intentions", Some(&body))?;
+            .post_json("/v1/connect/intentions", Some(&body))?
+    };
+    let mut fields = json!({"Source": src, "Destination": dst, "Action": action});
+    if let Some(id) = answer.as_ref().and_then(|a| a.get("ID")) {
+        fields["ID"] = id.clone();
     }
-    done(ctx, &format!("Created: {src} => {dst} ({action})"))
+    ctx.acted(&format!("Created: {src} => {dst} ({action})"), fields)
 }
 
 fn check(ctx: &Ctx, src: &str, dst: &str) -> anyhow::Result<()> {
-    let v = ctx.client.get_json(&exact("check", src, dst))?;
-    let allowed = v.get("Allowed").and_then(Value::as_bool).unwrap_or(false);
+    let path = exact("check", src, dst);
+    let v = ctx.client.get_json(&path)?;
+    // An answer without a verdict is an error (1), never a silent "denied" (2).
+    let Some(allowed) = v.get("Allowed").and_then(Value::as_bool) else {
+        bail!("GET {path}: the answer has no boolean \"Allowed\": {v}");
+    };
     match ctx.format {
         Format::Json => output::print(&output::json_pretty(&v))?,
         Format::Table => output::print(if allowed { "Allowed\n" } else { "Denied\n" })?,
     }
     if !allowed {
-        std::process::exit(2);
-    }
-    Ok(())
-}
-
-fn done(ctx: &Ctx, msg: &str) -> anyhow::Result<()> {
-    if ctx.format == Format::Table {
-        output::print(&format!("{msg}\n"))?;
+        return Err(Denied.into());
     }
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::io::{IsTerminal as _, Read as _};
 
 use anyhow::{anyhow, bail, Context as _};
 use base64::Engine as _;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::Ctx;
 use crate::cli::KvCommand;
@@ -65,7 +65,7 @@ fn get(ctx: &Ctx, key: &str, recurse: bool) -> anyhow::Result<()> {
     if key.is_empty() {
         bail!("KEY must not be empty (use --recurse to read every key)");
     }
-    let missing = || anyhow!("no key exists at: {key}");
+    let missing = || anyhow!("not found: no key exists at: {key}");
     match ctx.format {
         Format::Json => {
             let entry = ctx
@@ -175,11 +175,10 @@ fn put(
             None => anyhow!("failed writing data to {key}: the agent answered false"),
         });
     }
-    match ctx.format {
-        Format::Json => output::print("true\n")?,
-        Format::Table => output::print(&format!("Success! Data written to: {key}\n"))?,
-    }
-    Ok(())
+    ctx.acted(
+        &format!("Success! Data written to: {key}"),
+        json!({"Key": key}),
+    )
 }
 
 fn delete(ctx: &Ctx, key: &str, recurse: bool, cas: Option<u64>) -> anyhow::Result<()> {
@@ -201,14 +200,12 @@ fn delete(ctx: &Ctx, key: &str, recurse: bool, cas: Option<u64>) -> anyhow::Resu
             None => anyhow!("failed deleting {key}: the agent answered false"),
         });
     }
-    match (ctx.format, recurse) {
-        (Format::Json, _) => output::print("true\n")?,
-        (Format::Table, false) => output::print(&format!("Success! Deleted key: {key}\n"))?,
-        (Format::Table, true) => {
-            output::print(&format!("Success! Deleted keys with prefix: {key}\n"))?
-        }
-    }
-    Ok(())
+    let message = if recurse {
+        format!("Success! Deleted keys with prefix: {key}")
+    } else {
+        format!("Success! Deleted key: {key}")
+    };
+    ctx.acted(&message, json!({"Key": key, "Recurse": recurse}))
 }
 
 fn ls(ctx: &Ctx, prefix: &str, separator: &str) -> anyhow::Result<()> {

@@ -1,12 +1,12 @@
 //! `meshctl operator raft list-peers|remove-peer`: GET /v1/operator/raft/configuration and
 //! DELETE /v1/operator/raft/peer.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::Ctx;
 use crate::cli::{OperatorCommand, RaftCommand, RemovePeerArgs};
 use crate::client::encode_segment;
-use crate::output::{self, str_field, Format, Table};
+use crate::output::{str_field, Table};
 
 pub fn run(ctx: &Ctx, cmd: OperatorCommand) -> anyhow::Result<()> {
     match cmd {
@@ -18,36 +18,33 @@ pub fn run(ctx: &Ctx, cmd: OperatorCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The query that names the peer, and how to say it: `id=...` or `address=...`.
-fn peer_query(args: &RemovePeerArgs) -> (String, String) {
+/// The query that names the peer, how to say it (`id=...` or `address=...`), and the JSON
+/// fields that name it.
+fn peer_query(args: &RemovePeerArgs) -> (String, String, Value) {
     match (&args.id, &args.address) {
         (Some(id), _) => (
             format!("id={}", encode_segment(id)),
             format!("Removed peer with id {id:?}"),
+            json!({"ID": id}),
         ),
         (None, Some(addr)) => (
             format!("address={}", encode_segment(addr)),
             format!("Removed peer with address {addr:?}"),
+            json!({"Address": addr}),
         ),
         // clap requires one of the two.
-        (None, None) => (String::new(), String::new()),
+        (None, None) => (String::new(), String::new(), Value::Null),
     }
 }
 
 fn remove_peer(ctx: &Ctx, args: &RemovePeerArgs) -> anyhow::Result<()> {
-    let (query, message) = peer_query(args);
+    let (query, message, fields) = peer_query(args);
     if query.is_empty() {
         anyhow::bail!("give the peer to remove with --id or --address");
     }
-    let answer = ctx
-        .client
+    ctx.client
         .delete(&format!("/v1/operator/raft/peer?{query}"))?;
-    match (ctx.format, answer) {
-        (Format::Json, Some(v)) => output::print(&output::json_pretty(&v))?,
-        (Format::Json, None) => {}
-        (Format::Table, _) => output::print(&format!("{message}\n"))?,
-    }
-    Ok(())
+    ctx.acted(&message, fields)
 }
 
 /// Leader, follower, or learner (a non-voter).
@@ -116,13 +113,16 @@ mod tests {
             peer_query(&by_id),
             (
                 "id=a%20b".to_string(),
-                "Removed peer with id \"a b\"".to_string()
+                "Removed peer with id \"a b\"".to_string(),
+                json!({"ID": "a b"})
             )
         );
         let by_addr = RemovePeerArgs {
             id: None,
             address: Some("[::1]:8301".into()),
         };
-        assert_eq!(peer_query(&by_addr).0, "address=%5B%3A%3A1%5D%3A8301");
+        let (query, _, fields) = peer_query(&by_addr);
+        assert_eq!(query, "address=%5B%3A%3A1%5D%3A8301");
+        assert_eq!(fields, json!({"Address": "[::1]:8301"}));
     }
 }

@@ -14,15 +14,15 @@ use serde_json::{json, Map, Value};
 use super::Ctx;
 use crate::cli::{RegisterArgs, ServiceCommand};
 use crate::client::encode_segment;
-use crate::output::{self, str_field, Format};
+use crate::output::str_field;
 
 pub fn run(ctx: &Ctx, cmd: ServiceCommand) -> anyhow::Result<()> {
     match cmd {
         ServiceCommand::Register(args) => register(ctx, *args),
         ServiceCommand::Deregister { id } => {
             let path = format!("/v1/agent/service/deregister/{}", encode_segment(&id));
-            let answer = ctx.client.put_raw(&path, Vec::new())?;
-            done(ctx, answer, &format!("Deregistered service: {id}\n"))
+            ctx.client.put_raw(&path, Vec::new())?;
+            ctx.acted(&format!("Deregistered service: {id}"), json!({"ID": id}))
         }
     }
 }
@@ -37,20 +37,17 @@ fn register(ctx: &Ctx, args: RegisterArgs) -> anyhow::Result<()> {
         None => definition_from_flags(&args)?,
     };
     let name = str_field(&service, "Name").to_string();
-    let answer = ctx
-        .client
+    // The instance ID defaults to the name, as the agent does.
+    let id = match str_field(&service, "ID") {
+        "" => name.clone(),
+        id => id.to_string(),
+    };
+    ctx.client
         .put_json("/v1/agent/service/register", &service)?;
-    done(ctx, answer, &format!("Registered service: {name}\n"))
-}
-
-/// In JSON mode, prints the API's answer if it had a body; otherwise prints `message`.
-fn done(ctx: &Ctx, answer: Option<Value>, message: &str) -> anyhow::Result<()> {
-    match (ctx.format, answer) {
-        (Format::Json, Some(v)) => output::print(&output::json_pretty(&v))?,
-        (Format::Json, None) => {}
-        (Format::Table, _) => output::print(message)?,
-    }
-    Ok(())
+    ctx.acted(
+        &format!("Registered service: {name}"),
+        json!({"ID": id, "Name": name}),
+    )
 }
 
 fn read_file(file: &Path) -> anyhow::Result<String> {

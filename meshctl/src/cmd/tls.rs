@@ -27,7 +27,7 @@ pub fn run(format: Format, cmd: TlsCommand) -> anyhow::Result<()> {
         TlsCommand::Cert(TlsCertCommand::Create(args)) => create_server_cert(dir, &args)?,
     };
     match format {
-        Format::Json => output::print(&output::json_pretty(&summary))?,
+        Format::Json => output::print(&output::json_pretty(&super::ok_object(summary)))?,
         Format::Table => {
             let lines: String = saved
                 .iter()
