@@ -3,6 +3,7 @@
 //! service definitions (added, removed, and a broken file that changes nothing), the recent-log
 //! endpoint, and `meshd validate` on ten broken configurations.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -71,23 +72,35 @@ async fn systemd_hears_ready_only_when_api_and_dns_answer_then_reload_and_stop()
         ..MeshdOptions::default()
     }
     .node("notify-1");
+    // The notifications are read, and acted on, apart from the harness, which waits for the
+    // serving line on stdout: the moment READY=1 arrives, the addresses its STATUS= names are
+    // asked once each (dig has +tries=1), with no retry.
+    let at_ready = tokio::spawn(async move {
+        let ready = notes.until("READY=1").await;
+        let states_before = notes.states();
+        let (http, dns) = ready_addresses(&ready);
+        let leader = tests::http::Api::new(&format!("http://{http}"))
+            .send(reqwest::Method::GET, "/v1/status/leader", None, None)
+            .await;
+        let answer = Dig::new(dns).query("notify-1.node.mesh", "A", &[]).await;
+        (notes, ready, states_before, http, dns, leader, answer)
+    });
     let mut meshd = Meshd::start(opts).await;
-
-    let ready = notes.until("READY=1").await;
-    // At the moment READY=1 arrives, the API and DNS answer at the first try.
-    let leader = meshd.api().get("/v1/status/leader").await;
+    let (mut notes, ready, states_before, http, dns, leader, answer) =
+        at_ready.await.expect("the notify task");
+    assert_eq!(
+        states_before,
+        ["READY=1"],
+        "READY=1 is the first state sent"
+    );
+    assert_eq!(http, meshd.http_addr(), "{ready:?} names the API");
+    assert_eq!(dns, meshd.dns_addr(), "{ready:?} names DNS");
+    let leader = leader.expect("the API answers when READY=1 arrives");
     assert_eq!(leader.status, 200, "{}", leader.text());
-    let dig = Dig::new(meshd.dns_addr());
-    let answer = dig.must("notify-1.node.mesh", "A", &[]).await;
+    let answer = answer.expect("DNS answers when READY=1 arrives");
     assert!(
         answer.status == "NOERROR" && !answer.answer.is_empty(),
         "{answer:?}"
-    );
-    assert!(ready.contains("STATUS=serving"), "{ready:?}");
-    assert_eq!(
-        notes.states(),
-        ["READY=1"],
-        "READY=1 is the first state sent"
     );
     notes.until("WATCHDOG=1").await;
 
@@ -110,6 +123,22 @@ async fn systemd_hears_ready_only_when_api_and_dns_answer_then_reload_and_stop()
     notes.until("STOPPING=1").await;
     let status = wait_exit(&mut meshd).await;
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+}
+
+/// The API and DNS addresses in READY=1's `STATUS=serving: http IP:PORT, dns IP:PORT`.
+fn ready_addresses(datagram: &str) -> (SocketAddr, SocketAddr) {
+    let status = datagram
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS=serving: "))
+        .unwrap_or_else(|| panic!("READY=1 without a serving STATUS=: {datagram:?}"));
+    let addr = |key: &str| -> SocketAddr {
+        status
+            .split(", ")
+            .find_map(|part| part.strip_prefix(key))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no {key:?}IP:PORT in {status:?}"))
+    };
+    (addr("http "), addr("dns "))
 }
 
 async fn wait_exit(meshd: &mut Meshd) -> std::process::ExitStatus {

@@ -164,7 +164,12 @@ fn unit_declares_what_meshd_relies_on() {
     assert_eq!(one("User"), "meshd");
     assert_eq!(one("Group"), "meshd");
     assert_eq!(one("StateDirectory"), "meshd");
-    assert_eq!(one("ConfigurationDirectory"), "meshd");
+    // ConfigurationDirectory= would make /etc/meshd writable under ProtectSystem=strict (the
+    // TLS keys and the join token are root's to write); tmpfiles creates it instead.
+    assert!(
+        !keys.contains_key("ConfigurationDirectory"),
+        "ConfigurationDirectory= mounts /etc/meshd writable into the sandbox"
+    );
 
     // systemd must not SIGKILL meshd while it drains: TimeoutStopSec above drain_timeout.
     let example = read(&systemd_dir().join("meshd.toml"));
@@ -174,7 +179,7 @@ fn unit_declares_what_meshd_relies_on() {
         stop > drain,
         "TimeoutStopSec ({stop}s) must exceed drain_timeout ({drain}s)"
     );
-    // The example's directories are the unit's StateDirectory and ConfigurationDirectory.
+    // The example's directories: the unit's StateDirectory, and /etc/meshd (tmpfiles).
     assert_eq!(toml_string(&example, "data_dir"), "/var/lib/meshd");
     assert!(toml_string(&example, "config_dir").starts_with("/etc/meshd/"));
 
