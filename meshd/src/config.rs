@@ -185,7 +185,17 @@ pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         key,
         reason: e.message().trim().replace('\n', " "),
     };
-    let de = toml::Deserializer::parse(&text).map_err(|e| parse_error(String::new(), &e))?;
+    let de = toml::Deserializer::parse(&text).map_err(|e| {
+        // A syntax error has no key path; a duplicate key's span is the key itself.
+        let key = match e.span() {
+            Some(s) if e.message().starts_with("duplicate key") => text
+                .get(s)
+                .map(|k| k.trim().trim_matches('"').to_string())
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        parse_error(key, &e)
+    })?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         let key = if key == "." { String::new() } else { key };

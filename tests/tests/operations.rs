@@ -327,26 +327,7 @@ fn validate_names_file_key_and_reason_for_ten_broken_configs() {
             &["service #2", "Check.Interval", "often"],
         ),
     ];
-    for (name, text, _) in &cases {
-        write(d, name, text);
-    }
-    let out = validate(d);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("error: "))
-        .collect();
-    assert_eq!(errors.len(), 10, "one error per file:\n{stderr}");
-    for (name, _, wants) in &cases {
-        let line = errors
-            .iter()
-            .find(|l| l.contains(name))
-            .unwrap_or_else(|| panic!("no error names {name}:\n{stderr}"));
-        for want in *wants {
-            assert!(line.contains(want), "{name}: {want:?} not in {line:?}");
-        }
-    }
+    expect_one_error_per_file(d, &cases);
 
     // A valid server configuration (its TLS files are loaded and checked too) and a service
     // file pass, as a directory, with exit 0.
@@ -388,6 +369,57 @@ fn validate_names_file_key_and_reason_for_ten_broken_configs() {
         stderr.contains("key_file") && stderr.contains("does not match"),
         "{stderr}"
     );
+}
+
+/// Beyond the ten: a misspelt key in a service definition, a standalone check file (which
+/// meshd does not run) and a TOML key given twice are named too, one error per file.
+#[test]
+fn validate_names_misspelt_definition_keys_standalone_checks_and_duplicate_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let cases: [(&str, &str, &[&str]); 3] = [
+        (
+            "web.json",
+            r#"{"service": {"name": "web", "port": 80, "check": {"tcp": "127.0.0.1:80", "interval": "5s", "timout": "1s"}}}"#,
+            &["web.json", "unknown key `Check.timout`"],
+        ),
+        (
+            "disk.json",
+            r#"{"check": {"name": "disk", "ttl": "30s"}}"#,
+            &["disk.json", "standalone check definitions"],
+        ),
+        (
+            "meshd.toml",
+            "data_dir = \"/var/lib/meshd\"\nlog_level = \"info\"\nlog_level = \"debug\"\n",
+            &["meshd.toml", "line 3", "`log_level`", "duplicate key"],
+        ),
+    ];
+    expect_one_error_per_file(d, &cases);
+}
+
+/// Writes each `(file name, text, wanted fragments)` into `d`, runs `meshd validate d`, and
+/// expects exit 1 and one `error:` line per file, naming it and holding every fragment.
+fn expect_one_error_per_file(d: &Path, cases: &[(&str, &str, &[&str])]) {
+    for (name, text, _) in cases {
+        write(d, name, text);
+    }
+    let out = validate(d);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), cases.len(), "one error per file:\n{stderr}");
+    for (name, _, wants) in cases {
+        let line = errors
+            .iter()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no error names {name}:\n{stderr}"));
+        for want in *wants {
+            assert!(line.contains(want), "{name}: {want:?} not in {line:?}");
+        }
+    }
 }
 
 fn validate(path: &Path) -> std::process::Output {

@@ -68,8 +68,17 @@ pub struct Prepared {
 /// Decodes and validates one service definition; writes nothing.
 fn parse(body: Value) -> Result<Prepared, ApiError> {
     let def: ServiceDef = decode::decode(body, "service definition")?;
-    let service = build_service(&def)?;
-    let checks = build_service_checks(&def, &service)?;
+    prepared(&def)
+}
+
+/// A definition file's service: as [`parse`], and an unknown key is an error.
+fn parse_strict(body: Value) -> Result<Prepared, ApiError> {
+    prepared(&decode::decode_strict(body, "service definition")?)
+}
+
+fn prepared(def: &ServiceDef) -> Result<Prepared, ApiError> {
+    let service = build_service(def)?;
+    let checks = build_service_checks(def, &service)?;
     Ok(Prepared { service, checks })
 }
 
@@ -102,13 +111,17 @@ async fn commit(
 
 /// The service definitions of a `--config-dir` file: `{"service": {...}}` or
 /// `{"services": [...]}` (keys matched as the API matches them). `None` when `v` is not in
-/// that form (then it is a bare service definition).
+/// that form (then it is a bare service definition). Any other top-level key is an error.
 fn definition_file_services(v: &Value) -> Result<Option<Vec<Value>>, ApiError> {
     let Some(obj) = v.as_object() else {
         return Err(ApiError::bad("a service definition must be a JSON object"));
     };
+    const STANDALONE_CHECK: &str = "standalone check definitions (a top-level \"check\" or \
+        \"checks\") are not supported: put the check in its service's definition \
+        ({\"service\": {\"name\": ..., \"check\": {...}}})";
     let mut out = Vec::new();
     let mut found = false;
+    let mut others = Vec::new();
     for (k, v) in obj {
         match (decode::canonical(k), v) {
             (Some("Service"), Value::Object(_)) => {
@@ -119,15 +132,40 @@ fn definition_file_services(v: &Value) -> Result<Option<Vec<Value>>, ApiError> {
                 found = true;
                 out.extend(items.iter().cloned());
             }
+            (Some("Service"), _) => {
+                return Err(ApiError::bad(
+                    "\"service\" must be a service definition object",
+                ))
+            }
             (Some("Services"), _) => {
                 return Err(ApiError::bad(
                     "\"services\" must be a list of service definitions",
                 ))
             }
-            _ => {}
+            (canon, _) => others.push((k.as_str(), canon)),
         }
     }
-    Ok(found.then_some(out))
+    let is_check = |c: Option<&str>| matches!(c, Some("Check" | "Checks"));
+    if !found {
+        // A bare service definition, unless it is a check file (no name, a check).
+        let named = others.iter().any(|(_, c)| *c == Some("Name"));
+        if !named && others.iter().any(|(_, c)| is_check(*c)) {
+            return Err(ApiError::bad(STANDALONE_CHECK));
+        }
+        return Ok(None);
+    }
+    match others.as_slice() {
+        [] => Ok(Some(out)),
+        o if o.iter().any(|(_, c)| is_check(*c)) => Err(ApiError::bad(STANDALONE_CHECK)),
+        o => Err(ApiError::bad(format!(
+            "unknown top-level key{} {}: a definition file holds \"service\" or \"services\"",
+            if o.len() == 1 { "" } else { "s" },
+            o.iter()
+                .map(|(k, _)| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 /// Every service of a definition file — `{"service": {...}}`, `{"services": [...]}` or a bare
@@ -135,13 +173,13 @@ fn definition_file_services(v: &Value) -> Result<Option<Vec<Value>>, ApiError> {
 /// it changes anything). Errors name the service's position in the file.
 pub fn parse_definitions(file: &Value) -> Result<Vec<Prepared>, ApiError> {
     let Some(defs) = definition_file_services(file)? else {
-        return Ok(vec![parse(file.clone())?]);
+        return Ok(vec![parse_strict(file.clone())?]);
     };
     let prepared = defs
         .into_iter()
         .enumerate()
         .map(|(i, d)| {
-            parse(d).map_err(|e| match e {
+            parse_strict(d).map_err(|e| match e {
                 ApiError::BadRequest(m) => ApiError::BadRequest(format!("service #{}: {m}", i + 1)),
                 other => other,
             })

@@ -191,6 +191,47 @@ pub fn decode<T: DeserializeOwned>(v: Value, what: &str) -> Result<T, ApiError> 
     })
 }
 
+/// As [`decode`], and a key that no field reads is an error that names it. For configuration
+/// files (`--config-dir`), where a misspelt key would otherwise be dropped without a word; API
+/// bodies stay lenient, as Consul's, since its clients send fields meshd does not model.
+pub fn decode_strict<T: DeserializeOwned>(v: Value, what: &str) -> Result<T, ApiError> {
+    let mut unknown: Vec<String> = Vec::new();
+    // serde_ignored shows an `Option`'s content as a `?` segment: not part of the key.
+    let mut note = |path: serde_ignored::Path| {
+        let key = path.to_string();
+        unknown.push(
+            key.split('.')
+                .filter(|seg| *seg != "?")
+                .collect::<Vec<_>>()
+                .join("."),
+        )
+    };
+    let value: T = {
+        let de = serde_ignored::Deserializer::new(normalize_keys(v), &mut note);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            // The caller's context already names the file and the definition.
+            if path == "." || path.is_empty() {
+                ApiError::bad(inner.to_string())
+            } else {
+                ApiError::bad(format!("field {path}: {inner}"))
+            }
+        })?
+    };
+    match unknown.as_slice() {
+        [] => Ok(value),
+        keys => Err(ApiError::bad(format!(
+            "unknown key{} {}: not a field meshd reads in a {what} (misspelt?)",
+            if keys.len() == 1 { "" } else { "s" },
+            keys.iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
 /// Parses and decodes a JSON request body.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
     decode(parse_json(body, what)?, what)

@@ -217,6 +217,58 @@ async fn definition_files_in_both_forms() {
     assert!(e.contains("defined twice"), "{e}");
 }
 
+/// Definition files are decoded strictly: a key no field reads, a top-level key besides
+/// `service`/`services`, and a standalone check are errors that name them. The same body
+/// through the API is accepted, as Consul accepts fields it does not model.
+#[tokio::test]
+async fn definition_files_name_unknown_keys() {
+    use super::super::parse_definitions;
+    let err = |v: serde_json::Value| {
+        parse_definitions(&v)
+            .map(|p| p.len())
+            .expect_err("refused")
+            .to_string()
+    };
+    let e = err(json!({"service": {"name": "a", "tagz": ["x"]}}));
+    assert!(e.contains("unknown key `tagz`"), "{e}");
+    let e = err(
+        json!({"services": [{"name": "a"}, {"name": "b", "check": {"ttl": "5s", "intervall": "1s"}}]}),
+    );
+    assert!(
+        e.contains("service #2") && e.contains("unknown key `Check.intervall`"),
+        "{e}"
+    );
+    let e = err(
+        json!({"name": "a", "Checks": [{"ttl": "5s"}, {"tcp": "127.0.0.1:1", "interval": "1s", "tmeout": "1s"}]}),
+    );
+    assert!(e.contains("unknown key `Checks.1.tmeout`"), "{e}");
+    let e = err(json!({"service": {"name": "a"}, "servise": {}}));
+    assert!(e.contains("unknown top-level key `servise`"), "{e}");
+    for standalone in [
+        json!({"check": {"name": "disk", "ttl": "30s"}}),
+        json!({"service": {"name": "a"}, "checks": [{"ttl": "30s"}]}),
+    ] {
+        let e = err(standalone);
+        assert!(e.contains("standalone check definitions"), "{e}");
+    }
+    let e = err(json!({"service": ["a"]}));
+    assert!(e.contains("\"service\" must be"), "{e}");
+    // Keys in Consul's other spellings, Meta's own keys, and Connect are not unknown.
+    let ok = json!({"service": {"name": "a", "enable_tag_override": true,
+        "meta": {"anything-goes": "1"}, "connect": {"sidecar_service": {}},
+        "check": {"HTTP": "http://127.0.0.1/", "interval": "10s", "header": {"X-Y": ["z"]}}}});
+    assert_eq!(parse_definitions(&ok).expect("valid").len(), 1);
+
+    let h = Harness::new().await;
+    let r = h
+        .put(
+            "/v1/agent/service/register",
+            json!({"Name": "api-lenient", "Tagz": ["x"], "Locality": {"Region": "r"}}),
+        )
+        .await;
+    assert_status(&r, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn self_members_status_and_metrics() {
     let h = Harness::new().await;
