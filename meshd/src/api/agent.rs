@@ -160,10 +160,7 @@ fn definition_file_services(v: &Value) -> Result<Option<Vec<Value>>, ApiError> {
         o => Err(ApiError::bad(format!(
             "unknown top-level key{} {}: a definition file holds \"service\" or \"services\"",
             if o.len() == 1 { "" } else { "s" },
-            o.iter()
-                .map(|(k, _)| format!("`{k}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            decode::backquoted(&o.iter().map(|(k, _)| *k).collect::<Vec<_>>())
         ))),
     }
 }

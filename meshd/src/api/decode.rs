@@ -178,17 +178,28 @@ pub fn parse_json(body: &[u8], what: &str) -> Result<Value, ApiError> {
 /// Normalizes the keys of `v` and deserializes it, naming the offending field on error.
 pub fn decode<T: DeserializeOwned>(v: Value, what: &str) -> Result<T, ApiError> {
     let v = normalize_keys(v);
-    serde_path_to_error::deserialize(v).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." || path.is_empty() {
-            ApiError::bad(format!("Request decode failed: {what}: {inner}"))
-        } else {
-            ApiError::bad(format!(
-                "Request decode failed: {what}: field {path}: {inner}"
-            ))
-        }
-    })
+    serde_path_to_error::deserialize(v)
+        .map_err(|e| field_error(e, &format!("Request decode failed: {what}: ")))
+}
+
+/// A decoding error, after `prefix`, with the field it is in.
+fn field_error(e: serde_path_to_error::Error<serde_json::Error>, prefix: &str) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    if path == "." || path.is_empty() {
+        ApiError::bad(format!("{prefix}{inner}"))
+    } else {
+        ApiError::bad(format!("{prefix}field {path}: {inner}"))
+    }
+}
+
+/// Names as a list for an error message: `` `a`, `b` ``.
+pub fn backquoted<S: AsRef<str>>(names: &[S]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{}`", n.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// As [`decode`], and a key that no field reads is an error that names it. For configuration
@@ -208,26 +219,15 @@ pub fn decode_strict<T: DeserializeOwned>(v: Value, what: &str) -> Result<T, Api
     };
     let value: T = {
         let de = serde_ignored::Deserializer::new(normalize_keys(v), &mut note);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            // The caller's context already names the file and the definition.
-            if path == "." || path.is_empty() {
-                ApiError::bad(inner.to_string())
-            } else {
-                ApiError::bad(format!("field {path}: {inner}"))
-            }
-        })?
+        // The caller's context already names the file and the definition: no prefix.
+        serde_path_to_error::deserialize(de).map_err(|e| field_error(e, ""))?
     };
     match unknown.as_slice() {
         [] => Ok(value),
         keys => Err(ApiError::bad(format!(
             "unknown key{} {}: not a field meshd reads in a {what} (misspelt?)",
             if keys.len() == 1 { "" } else { "s" },
-            keys.iter()
-                .map(|k| format!("`{k}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            backquoted(keys)
         ))),
     }
 }
