@@ -81,6 +81,19 @@ fi
 # Runs a command inside the container (its namespaces and root).
 ct() { nsenter --target "$pid1" --mount --uts --ipc --net --pid --root --wd -- "$@"; }
 
+# Runs a command every 0.1 s, for up to SECONDS, until its output matches the extended regex
+# PATTERN; prints the last output (the caller checks it, so a timeout reports what was seen).
+poll() { # seconds, pattern, command...
+    local secs=$1 pattern=$2 out='' i
+    shift 2
+    for ((i = 0; i < secs * 10; i++)); do
+        out=$("$@" 2>/dev/null || true)
+        [[ "$out" =~ $pattern ]] && break
+        sleep 0.1
+    done
+    printf '%s' "$out"
+}
+
 # --- the container --------------------------------------------------------------------------
 
 # Runs as PID 1 of the new namespaces: the root file system, the package, then systemd.
@@ -151,12 +164,7 @@ for _ in $(seq 200); do
     sleep 0.1
 done
 [[ -n "$pid1" ]] || fail "systemd did not start within 20 s: $(cat "$work/boot.log")"
-state=
-for _ in $(seq 300); do
-    state=$(ct systemctl is-system-running 2>/dev/null || true)
-    [[ "$state" == running || "$state" == degraded ]] && break
-    sleep 0.1
-done
+state=$(poll 30 '^(running|degraded)$' ct systemctl is-system-running)
 [[ "$state" == running || "$state" == degraded ]] ||
     fail "systemd in the container is '$state' after 30 s"
 step "systemd $(ct systemctl --version | head -n 1 | cut -d' ' -f2) is PID 1 ($state); the package is installed"
@@ -246,13 +254,11 @@ services() { ct curl -sS --max-time 2 http://127.0.0.1:8500/v1/agent/services; }
 write_def echo.json '{"service": {"name": "echo", "port": 9090,
     "check": {"tcp": "127.0.0.1:9090", "interval": "1s"}}}'
 ct systemctl reload meshd || fail "systemctl reload (echo.json added) failed"
-passing=
-for _ in $(seq 100); do
-    passing=$(ct curl -sS --max-time 2 'http://127.0.0.1:8500/v1/health/service/echo?passing' |
-        python3 -c 'import json, sys; print(len(json.load(sys.stdin)))' 2>/dev/null || true)
-    [[ "$passing" == 1 ]] && break
-    sleep 0.1
-done
+passing_echo() { # how many instances of echo pass
+    ct curl -sS --max-time 2 'http://127.0.0.1:8500/v1/health/service/echo?passing' |
+        python3 -c 'import json, sys; print(len(json.load(sys.stdin)))'
+}
+passing=$(poll 10 '^1$' passing_echo)
 [[ "$passing" == 1 ]] || fail "echo.json's service is not passing after the reload: $(services)"
 vip=$(ct dig +short @127.0.0.2 -p 53 echo.virtual.mesh A)
 [[ "$vip" == 127.100.* ]] || fail "echo.virtual.mesh is '$vip'"
@@ -324,12 +330,7 @@ sleep 3 # one and a half intervals: the pings keep it alive
     fail "meshd did not survive 3 s of a 2 s watchdog: $(ct systemctl show meshd -p Result --value)"
 main=$(ct systemctl show meshd -p MainPID --value)
 ct kill -STOP "$main"
-result=
-for _ in $(seq 150); do
-    result=$(ct systemctl show meshd -p Result --value)
-    [[ "$result" == watchdog ]] && break
-    sleep 0.1
-done
+result=$(poll 15 '^watchdog$' ct systemctl show meshd -p Result --value)
 [[ "$result" == watchdog ]] || fail "a stopped meshd was not caught by the watchdog (Result=$result)"
 ct rm /run/systemd/system/meshd.service.d/watchdog.conf
 ct systemctl daemon-reload
