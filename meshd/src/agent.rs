@@ -96,12 +96,17 @@ pub async fn run(
             node: agent.node.clone(),
             datacenter: agent.datacenter.clone(),
             leaf_ttl: cfg.connect.leaf_ttl,
+            capture: cfg.connect.capture,
+            listener_limit: cfg.connect.listener_limit,
+            reserved_fds: cfg.connect.reserved_fds,
+            max_connections: cfg.connect.max_connections,
         },
         store.clone(),
         cluster.transport.clone(),
         &mut metrics,
         cancel.child_token(),
-    );
+    )
+    .context("starting the data plane")?;
     let api_metrics = api::ApiMetrics::new(&mut metrics);
     let dns_metrics = dns::DnsMetrics::new(&mut metrics);
     let ctx = Arc::new(api::ApiContext::new(

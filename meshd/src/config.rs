@@ -145,6 +145,16 @@ pub struct FileConfig {
     /// At SIGTERM, how long open HTTP requests and proxied connections may take to finish
     /// (Go duration, default 30s).
     pub drain_timeout: Option<String>,
+    /// How connections to virtual IPs reach the data plane: `auto` (default), `sk_lookup`
+    /// or `listeners`.
+    pub proxy_capture: Option<String>,
+    /// With `listeners` capture: the most virtual-IP listening sockets (default 1024).
+    pub proxy_listener_limit: Option<u64>,
+    /// File descriptors the data plane always leaves free for the control plane (default: a
+    /// tenth of RLIMIT_NOFILE, at least 256).
+    pub proxy_reserved_fds: Option<u64>,
+    /// Proxied connections at once, both directions (default 16384).
+    pub proxy_max_connections: Option<u64>,
 }
 
 /// The validated configuration the agent runs with.

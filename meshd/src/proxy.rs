@@ -1,7 +1,11 @@
 //! The data plane: outbound listeners (virtual IPs and explicit upstreams), mutual-TLS QUIC
 //! tunnels between hosts, the inbound intention check and splice, load balancing and limits.
 //!
+//! - [`capture`]: how connections to virtual IPs reach it (one socket for the whole range
+//!   through eBPF `sk_lookup`, or a bounded fallback of one listener per address and port);
 //! - [`listeners`]: the local ports, kept in step with the registry;
+//! - [`budget`]: the data plane's share of descriptors and connections, so that it never
+//!   starves the control plane;
 //! - [`outbound`]: the caller side (who is calling, limits, endpoint choice, retries);
 //! - [`tunnel`]: the stream header and answer, and the caller side's QUIC connections;
 //! - [`inbound`]: the destination side (identity, intentions, local instance);
@@ -13,7 +17,9 @@
 //! - [`metrics`].
 
 pub mod balance;
+pub mod budget;
 pub mod caller;
+pub mod capture;
 pub mod inbound;
 pub mod leaves;
 pub mod listeners;
@@ -35,6 +41,8 @@ use tokio_util::task::TaskTracker;
 use crate::store::Store;
 use crate::transport::Transport;
 use balance::{Balancer, Policy};
+use budget::Budget;
+use capture::{Capture, CaptureError};
 use leaves::Leaves;
 use metrics::{Pair, ProxyMetrics};
 
@@ -55,6 +63,8 @@ pub struct Inner {
     tasks: TaskTracker,
     /// Set at shutdown: new tunnel streams are refused (the caller tries another endpoint).
     draining: AtomicBool,
+    /// What proxied connections may hold.
+    budget: Arc<Budget>,
 }
 
 /// Connections toward one destination from this host.
@@ -218,18 +228,31 @@ pub struct ProxyConfig {
     pub datacenter: String,
     /// Lifetime of service leaves.
     pub leaf_ttl: Duration,
+    pub capture: capture::Mode,
+    /// Virtual-IP listeners at most with the fallback capture.
+    pub listener_limit: usize,
+    /// Descriptors left free for the control plane (`None`: the default share).
+    pub reserved_fds: Option<u64>,
+    pub max_connections: u64,
 }
 
 impl Proxy {
-    /// Starts the leaves, the listeners and the tunnel handler.
+    /// Starts the leaves, the capture and listeners, and the tunnel handler. Fails only when
+    /// `sk_lookup` capture was asked for and cannot be set up.
     pub fn start(
         cfg: ProxyConfig,
         store: Store,
         transport: Arc<Transport>,
         registry: &mut prometheus_client::registry::Registry,
         cancel: CancellationToken,
-    ) -> Proxy {
+    ) -> Result<Proxy, CaptureError> {
+        let capture = Capture::start(cfg.capture, cfg.listener_limit, listeners::BACKLOG as i32)?;
+        tracing::info!(
+            capture = capture.mode().as_str(),
+            "data plane: virtual IPs captured"
+        );
         let metrics = ProxyMetrics::new(registry);
+        let budget = Budget::new(cfg.reserved_fds, cfg.max_connections, registry);
         let leaves = Arc::new(Leaves::new(cfg.node.clone(), cfg.leaf_ttl));
         let inner = Arc::new(Inner {
             store: store.clone(),
@@ -244,6 +267,7 @@ impl Proxy {
             users: Mutex::default(),
             tasks: TaskTracker::new(),
             draining: AtomicBool::new(false),
+            budget: budget.clone(),
         });
         let handler_inner = inner.clone();
         transport.set_tunnel_handler(Arc::new(move |s| {
@@ -255,8 +279,9 @@ impl Proxy {
             .spawn(leaves.run(store, transport, metrics, cancel.clone()));
         inner
             .tasks
-            .spawn(listeners::run(inner.clone(), cancel.clone()));
-        Proxy { inner, cancel }
+            .spawn(listeners::run(inner.clone(), capture, cancel.clone()));
+        inner.tasks.spawn(budget.sample(cancel.clone()));
+        Ok(Proxy { inner, cancel })
     }
 
     pub fn leaves(&self) -> Arc<Leaves> {

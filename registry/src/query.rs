@@ -243,6 +243,22 @@ impl State {
         self.vips.iter()
     }
 
+    /// The service whose virtual IP is `ip`, O(log n).
+    pub fn virtual_ip_service(&self, ip: Ipv4Addr) -> Option<&str> {
+        self.vips.service_at(ip)
+    }
+
+    /// How many service names hold a virtual IP.
+    pub fn virtual_ip_count(&self) -> usize {
+        self.vips.len()
+    }
+
+    /// The virtual IPs still held outside the current range (given from an earlier range), in
+    /// address order; usually none. O(their number + log n).
+    pub fn virtual_ips_outside_range(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.vips.outside_range()
+    }
+
     /// The range new virtual IPs come from.
     pub fn virtual_ip_range(&self) -> Ipv4Cidr {
         self.vips.range()

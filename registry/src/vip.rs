@@ -200,6 +200,27 @@ impl VirtualIps {
         self.range
     }
 
+    /// The service holding `ip`, O(log n).
+    pub(crate) fn service_at(&self, ip: Ipv4Addr) -> Option<&str> {
+        self.by_addr.get(&u32::from(ip)).map(String::as_str)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.by_service.len()
+    }
+
+    /// The addresses given that lie outside the current range (held from an earlier one), in
+    /// address order. Costs their number plus O(log n): two range scans of `by_addr`.
+    pub(crate) fn outside_range(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        let first = self.range.network;
+        let last = first.saturating_add((self.range.size() - 1) as u32);
+        self.by_addr
+            .range(..first)
+            .chain(self.by_addr.range(last.saturating_add(1)..))
+            .filter(move |(a, _)| **a < first || **a > last)
+            .map(|(a, _)| Ipv4Addr::from(*a))
+    }
+
     /// Gives `service` an address unless it has one; true when it got one now.
     fn assign(&mut self, index: u64, service: &str) -> bool {
         if self.by_service.contains_key(service) {
@@ -709,6 +730,22 @@ mod tests {
         assert_eq!(st.virtual_ip("c"), ip("10.1.0.1"));
         st.apply(8, &reg("n", "d", "d"));
         assert_eq!(st.virtual_ip("d"), ip("10.1.0.2"));
+        // What a host must capture besides the range: the two held from the old one.
+        let outside: Vec<String> = st
+            .virtual_ips_outside_range()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(outside, ["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(
+            st.virtual_ip_service("10.0.0.2".parse().unwrap()),
+            Some("b")
+        );
+        assert_eq!(
+            st.virtual_ip_service("10.1.0.2".parse().unwrap()),
+            Some("d")
+        );
+        assert_eq!(st.virtual_ip_service("10.1.0.3".parse().unwrap()), None);
+        assert_eq!(st.virtual_ip_count(), 4);
         // Back to a range that overlaps the addresses held: they are not given twice.
         st.apply(9, &range("10.0.0.0/29"));
         st.apply(10, &reg("n", "e", "e"));

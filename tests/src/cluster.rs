@@ -341,6 +341,8 @@ pub struct Node {
     child: Option<Child>,
     stdout: Arc<Mutex<StdoutState>>,
     api: Api,
+    /// Run meshd through this command (it must exec meshd, so the pid stays meshd's).
+    launcher: Vec<String>,
 }
 
 impl Node {
@@ -471,8 +473,12 @@ impl Node {
         let bin = meshd_bin();
         let _ = writeln!(
             log,
-            "==== harness: starting `ip netns exec {} {} agent --config {}` with:\n{}",
+            "==== harness: starting `ip netns exec {} {}{} agent --config {}` with:\n{}",
             self.ns,
+            self.launcher
+                .iter()
+                .map(|a| format!("{a} "))
+                .collect::<String>(),
             bin.display(),
             self.config_path.display(),
             self.config.to_toml()
@@ -482,6 +488,7 @@ impl Node {
             .arg("netns")
             .arg("exec")
             .arg(&self.ns)
+            .args(&self.launcher)
             .arg(&bin)
             .arg("agent")
             .arg("--config")
@@ -680,6 +687,9 @@ pub struct ClusterSpec {
     pub log_level: String,
     /// Further `key = value` lines for every node's config.
     pub extra: Vec<(String, String)>,
+    /// A command every node's meshd is run through (`setpriv ...` to drop capabilities);
+    /// empty: meshd itself.
+    pub launcher: Vec<String>,
 }
 
 impl Default for ClusterSpec {
@@ -693,6 +703,7 @@ impl Default for ClusterSpec {
             liveness_timeout: None,
             log_level: "debug".into(),
             extra: Vec::new(),
+            launcher: Vec::new(),
         }
     }
 }
@@ -836,6 +847,7 @@ impl Cluster {
             child: None,
             stdout: Arc::new(Mutex::new(StdoutState::default())),
             api: Api::new(&format!("http://{}:{HTTP_PORT}", h.control_ip)),
+            launcher: self.spec.launcher.clone(),
         }
     }
 

@@ -168,6 +168,18 @@ impl Drop for Echo {
     }
 }
 
+/// An [`Echo`] on `port` of `node`'s namespace, registered there as the service `echo`
+/// (127.0.0.1 only, so the mesh is the way in from other hosts).
+pub async fn register_echo(node: &Node, port: u16) -> Echo {
+    let echo = Echo::start(node.ns(), port);
+    register(
+        node.api(),
+        json!({"Name": "echo", "Port": echo.addr().port(), "Address": "127.0.0.1"}),
+    )
+    .await;
+    echo
+}
+
 /// Sends `len` deterministic bytes on `conn` while reading everything back; returns the
 /// SHA-256 of what was sent and of what came back. Half-closes after sending.
 pub async fn echo_hashes(conn: TcpStream, len: u64) -> std::io::Result<([u8; 32], [u8; 32])> {

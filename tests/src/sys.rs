@@ -1,5 +1,6 @@
 //! Process-level facts the scale tests need: the open-file limit, a process's open file
-//! descriptors, and values from Prometheus text.
+//! descriptors and listening sockets, the `sk_lookup` programs attached in a network
+//! namespace, and values from Prometheus text.
 
 use std::path::PathBuf;
 
@@ -36,6 +37,102 @@ pub fn raise_nofile_limit() -> std::io::Result<libc::rlim_t> {
 pub fn open_fds(pid: u32) -> std::io::Result<usize> {
     let dir = PathBuf::from(format!("/proc/{pid}/fd"));
     Ok(std::fs::read_dir(dir)?.count())
+}
+
+/// Sets process `pid`'s `RLIMIT_NOFILE` (soft and hard) to `limit`, with util-linux's
+/// `prlimit`, as an operator would.
+pub fn set_nofile_limit(pid: u32, limit: u64) -> std::io::Result<()> {
+    let out = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "prlimit --pid={pid} --nofile={limit}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// The IPv4 addresses and ports process `pid`'s network namespace listens on for TCP (from
+/// `/proc/PID/net/tcp`, which shows that process's namespace).
+pub fn tcp_listeners(pid: u32) -> std::io::Result<Vec<std::net::SocketAddrV4>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/net/tcp"))?;
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        // sl local_address rem_address st ...; st 0A is LISTEN.
+        if cols.len() < 4 || cols[3] != "0A" {
+            continue;
+        }
+        let Some((ip, port)) = cols[1].split_once(':') else {
+            continue;
+        };
+        let (Ok(ip), Ok(port)) = (u32::from_str_radix(ip, 16), u16::from_str_radix(port, 16))
+        else {
+            continue;
+        };
+        // The kernel prints the address's network-order bytes as one native-endian word.
+        out.push(std::net::SocketAddrV4::new(
+            std::net::Ipv4Addr::from(ip.to_ne_bytes()),
+            port,
+        ));
+    }
+    Ok(out)
+}
+
+/// How many eBPF `sk_lookup` programs are attached to network namespace `ns` (`None`: this
+/// thread's), by `BPF_PROG_QUERY`, as `bpftool net` would list them. Needs `CAP_NET_ADMIN`.
+pub fn sk_lookup_programs(ns: Option<&str>) -> anyhow::Result<u32> {
+    match ns {
+        Some(ns) => crate::netns::in_netns(ns, query_sk_lookup)?.map_err(Into::into),
+        None => query_sk_lookup().map_err(Into::into),
+    }
+}
+
+#[allow(unsafe_code)]
+fn query_sk_lookup() -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    // `/proc/thread-self`: the namespace of this thread, which `in_netns` moved.
+    let netns = std::fs::File::open("/proc/thread-self/ns/net")?;
+    let mut ids = [0u32; 64];
+    // The `query` member of `union bpf_attr` (include/uapi/linux/bpf.h), zero-padded.
+    #[repr(C)]
+    struct Query {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: [u32; 9],
+    }
+    let mut q = Query {
+        target_fd: netns.as_raw_fd() as u32,
+        attach_type: 36, // BPF_SK_LOOKUP
+        query_flags: 0,
+        attach_flags: 0,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        _pad: [0; 9],
+    };
+    // SAFETY: bpf(BPF_PROG_QUERY) reads `q` and writes `q.prog_cnt` and up to `prog_cnt`
+    // entries of `ids`; both live on this stack frame across the call, and the size passed is
+    // `q`'s.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            16, // BPF_PROG_QUERY
+            &mut q as *mut Query,
+            std::mem::size_of::<Query>() as libc::c_uint,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(q.prog_cnt)
 }
 
 /// The value of metric `name` in Prometheus text exposition, summed over its label sets;

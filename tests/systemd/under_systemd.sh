@@ -5,7 +5,8 @@
 #
 # `systemd-analyze verify` checks the unit's syntax; only a service manager shows that the unit
 # works: that `systemctl start` returns once meshd serves (Type=notify), that meshd runs as the
-# meshd user with only CAP_NET_BIND_SERVICE and binds DNS on port 53 with it, that the sandbox
+# meshd user with only CAP_NET_BIND_SERVICE (DNS on port 53), CAP_NET_ADMIN and CAP_BPF (the
+# sk_lookup capture of virtual IPs, detached at stop and after a SIGKILL), that the sandbox
 # (ProtectSystem=strict, the system call filter, MemoryDenyWriteExecute, ...) lets meshd serve
 # the API, DNS and the proxy, that `systemctl reload` applies a new service file without
 # dropping a proxied connection and refuses a broken one, that the watchdog fires when meshd
@@ -80,6 +81,23 @@ fi
 
 # Runs a command inside the container (its namespaces and root).
 ct() { nsenter --target "$pid1" --mount --uts --ipc --net --pid --root --wd -- "$@"; }
+
+# How many sk_lookup programs are attached to the container's network namespace
+# (BPF_PROG_QUERY, as `bpftool net` would say).
+programs() {
+    ct python3 -c '
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+nr = {"x86_64": 321, "aarch64": 280}[os.uname().machine]  # bpf(2)
+fd = os.open("/proc/self/ns/net", os.O_RDONLY)
+ids = (ctypes.c_uint32 * 64)()
+# target_fd, attach_type BPF_SK_LOOKUP, query_flags, attach_flags, prog_ids, prog_cnt
+attr = ctypes.create_string_buffer(
+    struct.pack("=IIIIQI", fd, 36, 0, 0, ctypes.addressof(ids), 64) + bytes(36))
+if libc.syscall(nr, 16, attr, ctypes.sizeof(attr)) != 0:  # BPF_PROG_QUERY
+    sys.exit("BPF_PROG_QUERY: " + os.strerror(ctypes.get_errno()))
+print(struct.unpack_from("=I", attr, 24)[0])'
+}
 
 # Runs a command every 0.1 s, for up to SECONDS, until its output matches the extended regex
 # PATTERN; prints the last output (the caller checks it, so a timeout reports what was seen).
@@ -215,10 +233,11 @@ proc_status=$(ct cat "/proc/$main/status")
 field() { awk -v k="$1:" '$1 == k {print $2}' <<<"$proc_status"; }
 uid=$(ct id -u meshd)
 [[ "$(field Uid)" == "$uid" ]] || fail "meshd runs as uid $(field Uid), not meshd ($uid)"
-# CAP_NET_BIND_SERVICE is bit 10: the bounding, effective and ambient sets hold it alone.
+# CAP_NET_BIND_SERVICE (bit 10), CAP_NET_ADMIN (12) and CAP_BPF (39): the bounding, effective
+# and ambient sets hold those three alone.
 for set in CapBnd CapEff CapAmb; do
-    [[ "$(field "$set")" == 0000000000000400 ]] ||
-        fail "$set is $(field "$set"), expected only CAP_NET_BIND_SERVICE (0x400)"
+    [[ "$(field "$set")" == 0000008000001400 ]] ||
+        fail "$set is $(field "$set"), expected CAP_NET_BIND_SERVICE, CAP_NET_ADMIN and CAP_BPF (0x8000001400)"
 done
 [[ "$(field NoNewPrivs)" == 1 ]] || fail "NoNewPrivs is $(field NoNewPrivs)"
 [[ "$(field Seccomp)" == 2 ]] || fail "no system call filter (Seccomp: $(field Seccomp))"
@@ -231,7 +250,15 @@ for dir in /etc/meshd /usr/bin; do
 done
 owner=$(ct nsenter --target "$main" --mount --root -- stat -c %U /var/lib/meshd)
 [[ "$owner" == meshd ]] || fail "/var/lib/meshd belongs to $owner"
-step "meshd runs as meshd (uid $uid), capabilities: NET_BIND_SERVICE only, no_new_privs, seccomp, read-only /etc and /usr"
+step "meshd runs as meshd (uid $uid), capabilities: NET_BIND_SERVICE, NET_ADMIN, BPF only, no_new_privs, seccomp, read-only /etc and /usr"
+
+# Virtual IPs are captured by one sk_lookup program (bpf(2) through the filter, CAP_BPF and
+# CAP_NET_ADMIN as the meshd user), into one listener.
+metrics() { ct curl -sS --max-time 2 http://127.0.0.1:8500/metrics; }
+grep -qx 'meshd_proxy_capture{mode="sk_lookup"} 1' <<<"$(metrics)" ||
+    fail "meshd does not capture with sk_lookup: $(metrics | grep -E 'capture|listeners')"
+[[ "$(programs)" == 1 ]] || fail "$(programs) sk_lookup programs attached, expected meshd's one"
+step "virtual IPs captured with sk_lookup: one program attached in the namespace"
 
 # --- reload: a new service file, a proxied connection across it, a broken file -------------
 
@@ -312,7 +339,37 @@ code=$(ct systemctl show meshd -p ExecMainStatus --value)
 [[ "$result" == success && "$code" == 0 ]] || fail "stop: Result=$result ExecMainStatus=$code"
 ct journalctl -u meshd --no-pager | grep -q 'meshd::agent: stopped' ||
     fail "meshd did not log its clean stop"
-step "systemctl stop: meshd exited 0 (Result=success)"
+[[ "$(programs)" == 0 ]] || fail "$(programs) sk_lookup programs left attached after the stop"
+step "systemctl stop: meshd exited 0 (Result=success); no sk_lookup program left attached"
+
+# --- a crash: nothing is left attached, and the restart attaches one program again ---------
+
+ct timeout 60 systemctl start meshd || fail "systemctl start meshd (before the crash) failed"
+old=$(ct systemctl show meshd -p MainPID --value)
+ct systemctl kill -s SIGKILL meshd
+# Restart=on-failure waits RestartSec=5s: meanwhile nothing may be attached.
+left=$(poll 4 '^0$' programs)
+[[ "$left" == 0 ]] || fail "$left sk_lookup programs attached after meshd was SIGKILLed"
+restarted() { # the new MainPID, once the restarted meshd is active
+    local pid
+    pid=$(ct systemctl show meshd -p MainPID --value)
+    [[ "$(ct systemctl is-active meshd)" == active && "$pid" != "$old" && "$pid" != 0 ]] &&
+        echo "$pid"
+}
+new=$(poll 30 '^[0-9]+$' restarted)
+[[ -n "$new" ]] || fail "Restart= did not bring meshd back after the SIGKILL"
+[[ "$(programs)" == 1 ]] || fail "$(programs) sk_lookup programs attached after the restart"
+echo_once() {
+    ct python3 -c '
+import socket, sys
+s = socket.create_connection((sys.argv[1], 9090), timeout=2)
+s.sendall(b"again")
+print(s.recv(16).decode())' "$vip"
+}
+[[ "$(poll 10 '^again$' echo_once)" == again ]] ||
+    fail "the virtual IP $vip does not answer after the restart"
+ct timeout 60 systemctl stop meshd || fail "systemctl stop meshd (after the crash) failed"
+step "SIGKILL: no program left attached; the restart (pid $old -> $new) attached one, $vip echoes"
 
 # --- the watchdog: a meshd that stops answering is aborted ---------------------------------
 

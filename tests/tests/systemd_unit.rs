@@ -202,19 +202,30 @@ fn unit_declares_what_meshd_relies_on() {
         ("LockPersonality", "yes"),
         ("MemoryDenyWriteExecute", "yes"),
         ("SystemCallArchitectures", "native"),
-        ("SystemCallFilter", "@system-service"),
     ] {
         assert_eq!(one(k), v, "[Service] {k}=");
     }
-    // The only capability, for ports below 1024 (DNS on 53), in both sets or in neither.
+    // The service set, plus bpf(2) alone (the virtual-IP capture program), nothing else of
+    // @privileged.
+    assert_eq!(
+        keys.get("SystemCallFilter"),
+        Some(&vec!["@system-service".to_string(), "bpf".to_string()]),
+        "[Service] SystemCallFilter="
+    );
+    // Exactly what sk_lookup capture (CAP_BPF, CAP_NET_ADMIN) and ports below 1024 (DNS on
+    // 53: CAP_NET_BIND_SERVICE) need, the same in both sets.
     assert_eq!(
         keys.get("CapabilityBoundingSet"),
         keys.get("AmbientCapabilities"),
         "CapabilityBoundingSet= and AmbientCapabilities= go together"
     );
-    if let Some(caps) = keys.get("CapabilityBoundingSet") {
-        assert_eq!(caps, &vec!["CAP_NET_BIND_SERVICE".to_string()]);
-    }
+    assert_eq!(
+        keys.get("CapabilityBoundingSet"),
+        Some(&vec![
+            "CAP_NET_BIND_SERVICE CAP_NET_ADMIN CAP_BPF".to_string()
+        ]),
+        "[Service] CapabilityBoundingSet="
+    );
     // /proc/net/tcp{,6}, which the proxy reads to find a caller's user, must stay visible.
     assert!(
         !keys.contains_key("ProcSubset"),

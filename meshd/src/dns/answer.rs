@@ -203,8 +203,8 @@ impl Zone<'_> {
             }
         }
         if let IpAddr::V4(v4) = ip {
-            for v in state.virtual_ips().filter(|v| v.ip == v4) {
-                targets.insert(format!("{}.virtual", v.service));
+            if let Some(service) = state.virtual_ip_service(v4) {
+                targets.insert(format!("{service}.virtual"));
             }
         }
         targets

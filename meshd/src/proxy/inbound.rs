@@ -100,6 +100,17 @@ pub async fn serve(inner: Arc<Inner>, mut s: Incoming) {
         refuse(&mut s, Status::NoInstance, "no such instance on this host").await;
         return;
     };
+    // The instance's socket is the one descriptor this side holds.
+    let _ticket = match inner.budget.admit(1) {
+        Ok(t) => t,
+        Err(e) => {
+            inner
+                .metrics
+                .refuse(&source, &destination, e.limit().reason());
+            refuse(&mut s, Status::Overloaded, &e.to_string()).await;
+            return;
+        }
+    };
     let started = Instant::now();
     let tcp = match tokio::time::timeout(
         LOCAL_CONNECT_TIMEOUT,

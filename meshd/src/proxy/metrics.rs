@@ -33,13 +33,36 @@ pub struct Refusal {
     pub source: String,
     pub destination: String,
     /// `max_connections`, `max_pending_connects`, `no_endpoint`, `connect_failed`,
-    /// `no_certificate`, `bad_header`, `no_instance`.
+    /// `no_certificate`, `bad_header`, `no_instance`, `no_route` (a captured connection to no
+    /// service's virtual IP and port), `descriptor_limit`, `connection_limit` (the data
+    /// plane's own bounds), `overloaded` (the destination host's).
     pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Dest {
     pub destination: String,
+}
+
+/// What a data-plane listener is for.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// An explicit upstream's `LocalBindPort`.
+    Upstream,
+    /// One virtual IP and port (the fallback capture).
+    VirtualIp,
+    /// The one listener sk_lookup hands the whole range to.
+    Capture,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CaptureMode {
+    mode: &'static str,
 }
 
 /// The data plane's metrics; cheap to clone.
@@ -56,6 +79,11 @@ pub struct ProxyMetrics {
     pub tunnels: Gauge,
     pub leaves_issued: Counter,
     pub leaf_errors: Counter,
+    listeners: Family<Kind, Gauge>,
+    capture: Family<CaptureMode, Gauge>,
+    /// Services with a virtual IP the fallback capture left without a listener.
+    pub vips_unserved: Gauge,
+    pub accept_errors: Counter,
 }
 
 impl ProxyMetrics {
@@ -77,6 +105,10 @@ impl ProxyMetrics {
             tunnels: Gauge::default(),
             leaves_issued: Counter::default(),
             leaf_errors: Counter::default(),
+            listeners: Family::default(),
+            capture: Family::default(),
+            vips_unserved: Gauge::default(),
+            accept_errors: Counter::default(),
         };
         registry.register(
             "meshd_proxy_connections_opened",
@@ -133,7 +165,49 @@ impl ProxyMetrics {
             "Failed attempts to obtain a service leaf certificate",
             m.leaf_errors.clone(),
         );
+        registry.register(
+            "meshd_proxy_listeners",
+            "Listening sockets of the data plane, by kind (upstream, virtual_ip: the fallback \
+             capture's, capture: sk_lookup's one for the whole range)",
+            m.listeners.clone(),
+        );
+        registry.register(
+            "meshd_proxy_capture",
+            "How connections to virtual IPs are captured (1 for the mode in effect: sk_lookup \
+             or listeners)",
+            m.capture.clone(),
+        );
+        registry.register(
+            "meshd_proxy_virtual_ips_unserved",
+            "Services with a virtual IP left without a listener on some port by the fallback \
+             capture's bound (proxy_listener_limit)",
+            m.vips_unserved.clone(),
+        );
+        registry.register(
+            "meshd_proxy_accept_errors",
+            "Failed accepts on data-plane listeners (the process out of descriptors or memory)",
+            m.accept_errors.clone(),
+        );
         m
+    }
+
+    pub fn set_listeners(&self, kind: ListenerKind, n: usize) {
+        let kind = match kind {
+            ListenerKind::Upstream => "upstream",
+            ListenerKind::VirtualIp => "virtual_ip",
+            ListenerKind::Capture => "capture",
+        };
+        self.listeners
+            .get_or_create(&Kind { kind })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_capture(&self, mode: super::capture::Mode) {
+        self.capture
+            .get_or_create(&CaptureMode {
+                mode: mode.as_str(),
+            })
+            .set(1);
     }
 
     /// Where one connection's bytes are counted: toward the destination and back.

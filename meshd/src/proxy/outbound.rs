@@ -12,6 +12,8 @@ use registry::model::Status as Health;
 use tokio::net::TcpStream;
 
 use super::balance::Endpoint;
+use super::budget::Ticket;
+use super::capture;
 use super::metrics::{Dest, Pair};
 use super::tunnel::{read_answer, Header, IdentityKey, Status};
 use super::{splice, Inner};
@@ -31,15 +33,9 @@ pub enum Route {
     Vip { service: String },
     /// An explicit upstream of a local service: the caller is that service.
     Upstream { source: String, destination: String },
-}
-
-impl Route {
-    fn destination(&self) -> &str {
-        match self {
-            Route::Vip { service } => service,
-            Route::Upstream { destination, .. } => destination,
-        }
-    }
+    /// The capture listener: the virtual IP (and so the service) is the connection's local
+    /// address, then as [`Route::Vip`].
+    Captured,
 }
 
 /// A chosen endpoint: on this host (connect directly) or another (tunnel to its QUIC address).
@@ -51,15 +47,26 @@ struct Target {
     quic: Option<SocketAddr>,
 }
 
-/// Proxies one accepted connection.
-pub async fn handle(inner: Arc<Inner>, tcp: TcpStream, route: Arc<Route>) {
+/// Proxies one accepted connection, admitted with `ticket` (two descriptors).
+pub async fn handle(inner: Arc<Inner>, tcp: TcpStream, route: Arc<Route>, mut ticket: Ticket) {
     let (Ok(local), Ok(peer)) = (tcp.local_addr(), tcp.peer_addr()) else {
         return;
     };
-    let destination = route.destination().to_string();
-    let source = match &*route {
-        Route::Upstream { source, .. } => Some(source.clone()),
-        Route::Vip { .. } => inner.attribute(local, peer),
+    let (destination, source) = match &*route {
+        Route::Upstream {
+            source,
+            destination,
+        } => (destination.clone(), Some(source.clone())),
+        Route::Vip { service } => (service.clone(), inner.attribute(local, peer)),
+        Route::Captured => {
+            let Some(service) = capture::route(&inner.store.read(), local) else {
+                inner.metrics.refuse("", "", "no_route");
+                tracing::debug!(%local, "captured connection to no service's virtual IP and port");
+                return reset(tcp);
+            };
+            let source = inner.attribute(local, peer);
+            (service, source)
+        }
     };
     let source_label = source
         .clone()
@@ -130,6 +137,10 @@ pub async fn handle(inner: Arc<Inner>, tcp: TcpStream, route: Arc<Route>) {
         match connected {
             Ok(upstream) => {
                 drop(pending);
+                if matches!(upstream, Connected::Tunnel(..)) {
+                    // A tunnel stream is no descriptor: only the caller's socket is held.
+                    ticket.release(1);
+                }
                 inner.observe_connect(&destination, started);
                 let counters = inner.counters(&pair);
                 let _open = inner.open_guard(pair);
@@ -180,7 +191,7 @@ async fn connect_local(addr: SocketAddr) -> std::io::Result<TcpStream> {
 }
 
 /// Closes the caller's connection with a reset: it learns at once that nothing is there.
-fn reset(tcp: TcpStream) {
+pub fn reset(tcp: TcpStream) {
     let _ = tcp.set_zero_linger();
 }
 
@@ -207,7 +218,7 @@ impl Inner {
             .filter(|e| e.status() == Health::Passing)
             .collect();
         // A virtual IP port maps to the instances on that port, when some use it.
-        let on_port = matches!(route, Route::Vip { .. })
+        let on_port = matches!(route, Route::Vip { .. } | Route::Captured)
             && healthy.iter().any(|e| e.service.port == listen_port);
         healthy
             .into_iter()

@@ -32,6 +32,9 @@ pub enum Status {
     Unauthenticated = 5,
     /// The host is shutting down and takes no new connections: try another endpoint.
     Draining = 6,
+    /// The host's data plane is at one of its limits (descriptors, connections): try
+    /// another endpoint.
+    Overloaded = 7,
 }
 
 impl Status {
@@ -44,6 +47,7 @@ impl Status {
             4 => Status::BadHeader,
             5 => Status::Unauthenticated,
             6 => Status::Draining,
+            7 => Status::Overloaded,
             _ => return None,
         })
     }
@@ -52,7 +56,7 @@ impl Status {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            Status::NoInstance | Status::ConnectFailed | Status::Draining
+            Status::NoInstance | Status::ConnectFailed | Status::Draining | Status::Overloaded
         )
     }
 }
