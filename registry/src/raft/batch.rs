@@ -182,6 +182,6 @@ mod tests {
         assert_eq!(max_in_flight(1), MAX_IN_FLIGHT_LIGHT);
         assert_eq!(max_in_flight(LIGHT_LOAD), MAX_IN_FLIGHT_LIGHT);
         assert_eq!(max_in_flight(LIGHT_LOAD + 1), MAX_IN_FLIGHT);
-        assert!(MAX_IN_FLIGHT < MAX_IN_FLIGHT_LIGHT);
+        const { assert!(MAX_IN_FLIGHT < MAX_IN_FLIGHT_LIGHT) };
     }
 }
