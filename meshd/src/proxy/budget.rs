@@ -262,11 +262,7 @@ impl Budget {
         let limit = nofile_limit();
         let others = self.others.load(Ordering::Relaxed);
         let reserve = self.reserve_for(limit);
-        if others
-            .saturating_add(held)
-            .saturating_add(reserve)
-            .gt(&limit)
-        {
+        if others.saturating_add(held).saturating_add(reserve) > limit {
             drop(ticket);
             return Err(self.refused(Exhausted::Descriptors {
                 held: held - fds,

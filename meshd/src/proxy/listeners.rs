@@ -206,15 +206,10 @@ pub async fn run(inner: Arc<Inner>, capture: Capture, cancel: CancellationToken)
             want.extend(want_up.iter().map(|(a, r)| (*a, r.clone())));
             retry = open.sync(&inner, &want, &cancel);
         }
-        let retry_in = tokio::time::sleep(if retry {
-            RETRY_EVERY
-        } else {
-            Duration::MAX / 4
-        });
         tokio::select! {
             _ = cancel.cancelled() => break,
             r = applied.changed() => if r.is_err() { break },
-            _ = retry_in => {}
+            _ = tokio::time::sleep(RETRY_EVERY), if retry => {}
         }
     }
     open.stop_all();
