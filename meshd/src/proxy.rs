@@ -246,9 +246,11 @@ impl Proxy {
         registry: &mut prometheus_client::registry::Registry,
         cancel: CancellationToken,
     ) -> Result<Proxy, CaptureError> {
+        let started = std::time::Instant::now();
         let capture = Capture::start(cfg.capture, cfg.listener_limit, listeners::BACKLOG as i32)?;
         tracing::info!(
             capture = capture.mode().as_str(),
+            setup_ms = started.elapsed().as_secs_f64() * 1000.0,
             "data plane: virtual IPs captured"
         );
         let metrics = ProxyMetrics::new(registry);
