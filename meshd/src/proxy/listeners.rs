@@ -295,11 +295,7 @@ fn admit(inner: &Arc<Inner>, tcp: TcpStream, route: &Arc<Route>) {
                 .spawn(async move { outbound::handle(inner2, tcp, route, ticket).await });
         }
         Err(e) => {
-            let destination = match &**route {
-                Route::Vip { service } => service.as_str(),
-                Route::Upstream { destination, .. } => destination.as_str(),
-                Route::Captured => "",
-            };
+            let destination = route.destination().unwrap_or_default();
             inner.metrics.refuse("", destination, e.limit().reason());
             outbound::reset(tcp);
         }

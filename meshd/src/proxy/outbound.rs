@@ -38,6 +38,18 @@ pub enum Route {
     Captured,
 }
 
+impl Route {
+    /// The service called, when the listener alone says it (`None` for [`Route::Captured`],
+    /// where the connection's local address does).
+    pub fn destination(&self) -> Option<&str> {
+        match self {
+            Route::Vip { service } => Some(service),
+            Route::Upstream { destination, .. } => Some(destination),
+            Route::Captured => None,
+        }
+    }
+}
+
 /// A chosen endpoint: on this host (connect directly) or another (tunnel to its QUIC address).
 struct Target {
     endpoint: Endpoint,
@@ -52,21 +64,20 @@ pub async fn handle(inner: Arc<Inner>, tcp: TcpStream, route: Arc<Route>, mut ti
     let (Ok(local), Ok(peer)) = (tcp.local_addr(), tcp.peer_addr()) else {
         return;
     };
-    let (destination, source) = match &*route {
-        Route::Upstream {
-            source,
-            destination,
-        } => (destination.clone(), Some(source.clone())),
-        Route::Vip { service } => (service.clone(), inner.attribute(local, peer)),
-        Route::Captured => {
-            let Some(service) = capture::route(&inner.store.read(), local) else {
+    let destination = match route.destination() {
+        Some(d) => d.to_string(),
+        None => match capture::route(&inner.store.read(), local) {
+            Some(service) => service,
+            None => {
                 inner.metrics.refuse("", "", "no_route");
                 tracing::debug!(%local, "captured connection to no service's virtual IP and port");
                 return reset(tcp);
-            };
-            let source = inner.attribute(local, peer);
-            (service, source)
-        }
+            }
+        },
+    };
+    let source = match &*route {
+        Route::Upstream { source, .. } => Some(source.clone()),
+        Route::Vip { .. } | Route::Captured => inner.attribute(local, peer),
     };
     let source_label = source
         .clone()
