@@ -21,6 +21,12 @@
 //! - [`meshctl`]: running the built meshctl against an agent and checking its output.
 //! - [`cluster`]: [`cluster::Cluster`], servers and agents with their TLS files and configs,
 //!   one per namespace: start, SIGKILL, restart, cut, leave, and helpers for their APIs.
+//! - [`lincheck`]: the linearizability checker (per-key registers, Wing & Gong search with
+//!   memoization, histories split at quiescent points), with its self-tests.
+//! - [`nemesis`]: faults for a running cluster (SIGKILL, SIGSTOP, link cuts, asymmetric
+//!   partitions, restarts from a snapshot), each applied, held and healed.
+//! - [`linrun`]: a Jepsen-style run: clients on random servers, the nemesis, the check, and the
+//!   history saved when it fails (`tests/linearizability.rs`, `bench/linearizability.sh`).
 //!
 //! The integration tests are in `tests/tests/*.rs` (`cluster_*.rs`: multi-host, run as root), the Consul-client test in `tests/python/`,
 //! and the registration benchmark in `tests/bench/` (tool: `src/bin/regbench.rs`).
@@ -32,9 +38,12 @@ pub mod cluster;
 pub mod dig;
 pub mod dump;
 pub mod http;
+pub mod lincheck;
+pub mod linrun;
 pub mod mesh;
 pub mod meshctl;
 pub mod meshd;
+pub mod nemesis;
 pub mod netns;
 pub mod raw;
 pub mod sys;

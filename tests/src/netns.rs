@@ -426,6 +426,21 @@ impl Net {
         Ok(())
     }
 
+    /// Drops every packet host `from` sends to host `to` over the mesh (a blackhole route in
+    /// `from`), while `to` still reaches `from`: one direction of an asymmetric partition.
+    pub fn block(&self, from: usize, to: usize) -> anyhow::Result<()> {
+        let dst = format!("{}/32", self.host(to).mesh_ip);
+        ip(&["-n", &self.host(from).ns, "route", "add", "blackhole", &dst])?;
+        Ok(())
+    }
+
+    /// Undoes [`Net::block`].
+    pub fn unblock(&self, from: usize, to: usize) -> anyhow::Result<()> {
+        let dst = format!("{}/32", self.host(to).mesh_ip);
+        ip(&["-n", &self.host(from).ns, "route", "del", "blackhole", &dst])?;
+        Ok(())
+    }
+
     /// Splits the mesh in two: the hosts in `b` move to a second bridge, where they reach each
     /// other but none of the others (`a` and any host in neither list stay with the root's
     /// mesh address). `a` names the other side for readability; the lists must be disjoint.
