@@ -272,6 +272,17 @@ impl Registry {
             .map_err(|e| store_error(&path, e))?;
         logs.remove_purged().map_err(|e| store_error(&path, e))?;
         let stats = logs.verify().map_err(|e| store_error(&path, e))?;
+        if let Some(term) = logs
+            .resign_leadership(cfg.node_id)
+            .map_err(|e| store_error(&path, e))?
+        {
+            tracing::info!(
+                node_id = cfg.node_id,
+                term,
+                "led the cluster before this start: standing for election instead of resuming \
+                 the term"
+            );
+        }
         let sm = StateMachineStore::open_with_metrics(&db, disk, metrics.clone(), holder.clone())
             .map_err(|e| store_error(&path, e))?;
         let store_holders = Arc::downgrade(&holder);

@@ -66,7 +66,7 @@ impl Plan {
             duration: Duration::from_secs(60),
             min_faults: 10,
             gap: Duration::from_millis(1500),
-            faults: Fault::ALL.to_vec(),
+            faults: faults_from_env(),
             clients: 4,
             keys: 3,
             op_timeout: Duration::from_secs(3),
@@ -84,6 +84,19 @@ impl Plan {
             min_faults: (seconds as f64 / 7.5).ceil() as usize,
             ..Plan::ci(seed)
         }
+    }
+}
+
+/// The faults named in `LIN_FAULTS` (comma-separated), else every kind.
+fn faults_from_env() -> Vec<Fault> {
+    match std::env::var("LIN_FAULTS") {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .map(|n| {
+                Fault::parse(n.trim()).unwrap_or_else(|| panic!("LIN_FAULTS: no fault named {n:?}"))
+            })
+            .collect(),
+        _ => Fault::ALL.to_vec(),
     }
 }
 

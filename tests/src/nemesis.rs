@@ -4,6 +4,7 @@
 //! | fault | what happens |
 //! |---|---|
 //! | `kill-leader` / `kill-follower` | SIGKILL, restarted on the same data dir after the hold |
+//! | `restart-leader` | SIGKILL of the leader, restarted at once: back before a follower stands |
 //! | `pause-leader` | SIGSTOP past the followers' lease and election timeout, then SIGCONT: a leader that wakes up believing it still leads |
 //! | `cut-link` | one server's mesh link down (both ways) |
 //! | `leader-mute` | the leader's packets to both followers dropped; it still hears them (asymmetric) |
@@ -25,6 +26,7 @@ use crate::netns;
 #[serde(rename_all = "kebab-case")]
 pub enum Fault {
     KillLeader,
+    RestartLeader,
     KillFollower,
     PauseLeader,
     CutLink,
@@ -37,9 +39,15 @@ pub enum Fault {
 }
 
 impl Fault {
+    /// The fault named `name` (as [`Fault::name`] spells it).
+    pub fn parse(name: &str) -> Option<Fault> {
+        Fault::ALL.into_iter().find(|f| f.name() == name)
+    }
+
     /// Every kind, in the order a schedule cycles through them.
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 11] = [
         Fault::KillLeader,
+        Fault::RestartLeader,
         Fault::PauseLeader,
         Fault::CutLink,
         Fault::KillFollower,
@@ -54,6 +62,7 @@ impl Fault {
     pub fn name(self) -> &'static str {
         match self {
             Fault::KillLeader => "kill-leader",
+            Fault::RestartLeader => "restart-leader",
             Fault::KillFollower => "kill-follower",
             Fault::PauseLeader => "pause-leader",
             Fault::CutLink => "cut-link",
@@ -80,6 +89,7 @@ impl Fault {
             Fault::SnapshotRestart => Duration::from_secs(4),
             Fault::KillFollower | Fault::PauseFollower => Duration::from_secs(3),
             Fault::KillAll => Duration::from_secs(2),
+            Fault::RestartLeader => Duration::ZERO,
         }
     }
 }
@@ -133,9 +143,11 @@ pub async fn inject(
     let leader_name = leader.map(|l| name(cluster, l));
     let start_ms = clock_ms();
     let victims: Vec<usize> = match fault {
-        Fault::KillLeader | Fault::PauseLeader | Fault::LeaderMute | Fault::LeaderDeaf => {
-            vec![leader_or_any]
-        }
+        Fault::KillLeader
+        | Fault::RestartLeader
+        | Fault::PauseLeader
+        | Fault::LeaderMute
+        | Fault::LeaderDeaf => vec![leader_or_any],
         Fault::KillFollower | Fault::SnapshotRestart | Fault::PauseFollower => vec![follower],
         Fault::CutLink => vec![pick(n)],
         Fault::KillAll => (0..n).collect(),
@@ -147,7 +159,7 @@ pub async fn inject(
             .note(&format!("nemesis: {}", fault.name()));
     }
     match fault {
-        Fault::KillLeader | Fault::KillFollower | Fault::SnapshotRestart => {
+        Fault::KillLeader | Fault::RestartLeader | Fault::KillFollower | Fault::SnapshotRestart => {
             let v = victims[0];
             cluster.server_mut(v).kill9();
             tokio::time::sleep(fault.hold()).await;

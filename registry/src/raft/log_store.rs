@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use super::disk::{Committer, Disk, BLOB_SAFE_LEN};
 use super::metrics::RaftMetrics;
-use super::types::{Entry, LogId, StorageError, StoreError, TypeConfig, Vote};
+use super::types::{Entry, LogId, NodeId, StorageError, StoreError, TypeConfig, Vote};
 
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
@@ -149,6 +149,33 @@ impl LogStore {
             committer,
             _holder: holder,
         })
+    }
+
+    /// Turns a vote this node won (`me` elected, committed) back into a vote for itself that no
+    /// quorum granted yet; returns the term when it did. Called before openraft starts.
+    ///
+    /// openraft 0.9 lets a leader that restarts before any follower stood resume its term at
+    /// once. Two things it then relies on may not hold after a crash: the commit index read
+    /// back from disk (written without a sync, so it can lag the last write acknowledged), from
+    /// which the resumed leader takes its read index; and its own log, whose latest entries a
+    /// quorum of followers may have committed before its own sync covered them. With the
+    /// committed flag gone the node waits for an election timeout and stands for a new term
+    /// (or follows whoever won one): the usual Raft way back, where a leader with a shorter log
+    /// cannot win, and a new leader's read index is its new blank entry, after everything
+    /// acknowledged. The term and the node voted for are unchanged, so no second vote in a term
+    /// becomes possible.
+    pub fn resign_leadership(&self, me: NodeId) -> Result<Option<u64>, StoreError> {
+        let Some(vote) = self.get_meta::<Vote>(VOTE)? else {
+            return Ok(None);
+        };
+        if !vote.is_committed() || vote.leader_id().voted_for() != Some(me) {
+            return Ok(None);
+        }
+        let term = vote.leader_id().get_term();
+        // No sync needed: a crash before the next one leaves the committed vote, which the next
+        // open resigns the same way.
+        self.put_meta(VOTE, &Vote::new(term, me))?;
+        Ok(Some(term))
     }
 
     /// Deletes the entries at or before the purge point. `purge` records the point before it
@@ -404,5 +431,35 @@ mod tests {
         assert_eq!(stats.first_index, Some(4));
         assert_eq!(stats.last_index, Some(5));
         assert_eq!(logs.remove_purged().expect("again"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_leader_reopening_its_log_stands_again_and_others_keep_their_vote() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let db = sled::open(dir.path()).expect("sled");
+        let mut logs = LogStore::open(&db, dir.path()).expect("log store");
+        assert_eq!(logs.resign_leadership(7).expect("no vote"), None);
+
+        // Node 7 led term 4.
+        logs.save_vote(&Vote::new_committed(4, 7))
+            .await
+            .expect("save");
+        assert_eq!(logs.resign_leadership(7).expect("resign"), Some(4));
+        let vote = logs.read_vote().await.expect("read").expect("a vote");
+        assert!(!vote.is_committed(), "{vote}");
+        assert_eq!(vote.leader_id().get_term(), 4);
+        assert_eq!(vote.leader_id().voted_for(), Some(7));
+        assert_eq!(logs.resign_leadership(7).expect("again"), None);
+
+        // Node 8 follows 7 in term 5: its vote stays as it is.
+        logs.save_vote(&Vote::new_committed(5, 7))
+            .await
+            .expect("save");
+        assert_eq!(logs.resign_leadership(8).expect("follower"), None);
+        let vote = logs.read_vote().await.expect("read").expect("a vote");
+        assert!(vote.is_committed());
+        // A vote cast but not won is left alone too.
+        logs.save_vote(&Vote::new(6, 8)).await.expect("save");
+        assert_eq!(logs.resign_leadership(8).expect("candidate"), None);
     }
 }
