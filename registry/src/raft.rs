@@ -272,10 +272,10 @@ impl Registry {
             .map_err(|e| store_error(&path, e))?;
         logs.remove_purged().map_err(|e| store_error(&path, e))?;
         let stats = logs.verify().map_err(|e| store_error(&path, e))?;
-        if let Some(term) = logs
+        let resigned = logs
             .resign_leadership(cfg.node_id)
-            .map_err(|e| store_error(&path, e))?
-        {
+            .map_err(|e| store_error(&path, e))?;
+        if let Some(term) = resigned {
             tracing::info!(
                 node_id = cfg.node_id,
                 term,
@@ -302,6 +302,15 @@ impl Registry {
         let raft = types::Raft::new(cfg.node_id, Arc::new(raft_config), network, logs, sm)
             .await
             .map_err(|e| OpenError::Raft(format!("start raft: {e}")))?;
+        if resigned.is_some() {
+            // Stand at once rather than at the first tick (300 ms): a single server is leader
+            // again right away; in a cluster, followers still within the old leader's lease
+            // refuse, and it stands again after an election timeout.
+            raft.trigger()
+                .elect()
+                .await
+                .map_err(|e| OpenError::Raft(format!("start an election: {e}")))?;
+        }
         let (batcher, batch_task) = Batcher::start(raft.clone());
         let inner = Arc::new(Inner {
             raft,
