@@ -3,11 +3,12 @@
 # Jepsen-style run in tests/src/linrun.rs (three servers in network namespaces, four clients
 # each sending every request to a random server, half PUT and half `?consistent` GET over three
 # keys, values unique to the run), with faults back to back (1.5 s apart, at least one per
-# 7.5 s of the run) cycling through every kind in
-# tests/src/nemesis.rs: SIGKILL of the leader and of a follower, SIGSTOP of the leader past its
-# election timeout, a link cut, asymmetric partitions (leader mute, leader deaf), a split of
-# the leader from one follower, a follower restarted from its snapshot, SIGSTOP of a follower,
-# and every server SIGKILLed at once. Each history is checked by tests/src/lincheck.rs.
+# 7.5 s of the run) cycling through every kind in tests/src/nemesis.rs: SIGKILL of the leader
+# (held, or restarted at once) and of a follower, SIGSTOP of the leader past the followers'
+# lease and election timeout and of a follower, a link cut, asymmetric partitions (leader
+# mute, leader deaf), a split of the leader from one follower, a follower restarted from its
+# snapshot, and every server SIGKILLed at once. Each history is checked by
+# tests/src/lincheck.rs.
 #
 # Usage: tests/bench/linearizability.sh          (needs root: network namespaces)
 # Env:   LIN_RUNS=10         runs
