@@ -995,16 +995,28 @@ impl Cluster {
 
     /// What each server says the leader is (`None`: no answer; `Some("")`: no leader).
     pub async fn leader_views(&self) -> Vec<Option<String>> {
+        self.leader_views_within(PROBE_TIMEOUT).await
+    }
+
+    /// [`Cluster::leader_views`], waiting at most `timeout` for each server (a paused one
+    /// never answers).
+    pub async fn leader_views_within(&self, timeout: Duration) -> Vec<Option<String>> {
         let mut out = Vec::new();
         for s in &self.servers {
-            out.push(leader_addr(s.api()).await);
+            let view = tokio::time::timeout(timeout, leader_addr(s.api())).await;
+            out.push(view.ok().flatten());
         }
         out
     }
 
     /// The leader a majority of all servers names, as a server index.
     pub async fn leader(&self) -> Option<usize> {
-        let views = self.leader_views().await;
+        self.leader_within(PROBE_TIMEOUT).await
+    }
+
+    /// [`Cluster::leader`], waiting at most `timeout` for each server's view.
+    pub async fn leader_within(&self, timeout: Duration) -> Option<usize> {
+        let views = self.leader_views_within(timeout).await;
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for v in views.into_iter().flatten() {
             if !v.is_empty() {
@@ -1212,10 +1224,19 @@ pub async fn kv_put(api: &Api, key: &str, value: &[u8], timeout: Duration) -> Wr
 
 /// `GET /v1/kv/<key>?raw&stale`: the value, `Ok(None)` on 404, `Err` otherwise.
 pub async fn kv_get_stale(api: &Api, key: &str) -> Result<Option<Vec<u8>>, String> {
+    kv_get(api, key, "stale").await
+}
+
+/// `GET /v1/kv/<key>?raw&consistent`: the value, `Ok(None)` on 404, `Err` otherwise.
+pub async fn kv_get_consistent(api: &Api, key: &str) -> Result<Option<Vec<u8>>, String> {
+    kv_get(api, key, "consistent").await
+}
+
+async fn kv_get(api: &Api, key: &str, consistency: &str) -> Result<Option<Vec<u8>>, String> {
     let r = api
         .send(
             Method::GET,
-            &format!("/v1/kv/{key}?raw&stale"),
+            &format!("/v1/kv/{key}?raw&{consistency}"),
             None,
             Some(PROBE_TIMEOUT),
         )

@@ -290,10 +290,7 @@ fn check_key(key: &str, ops: &[&Op], budget: &Budget, report: &mut Report) -> Re
         let complete = match (op.ok, op.complete, first_read_done[id]) {
             (true, Some(c), _) => c,
             // Seen, so it happened, before the first read of it completed.
-            (_, _, Some(read)) => match op.complete {
-                Some(c) if op.ok => c.min(read),
-                _ => read,
-            },
+            (_, _, Some(read)) => read,
             // Unseen and uncertain: it may not have happened.
             _ => continue,
         };

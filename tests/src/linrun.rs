@@ -335,24 +335,16 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
             .filter(|o| o.kind == kind && o.ok == ok)
             .count()
     };
-    let snapshot_loads = cluster
-        .servers()
-        .iter()
-        .map(|s| {
-            s.log_lines("loaded the state from the stored snapshot", usize::MAX)
-                .len()
-        })
-        .sum();
-    let snapshot_installs = cluster
-        .servers()
-        .iter()
-        .map(|s| s.log_lines("installed a snapshot", usize::MAX).len())
-        .sum();
-    let leaderships = cluster
-        .servers()
-        .iter()
-        .map(|s| s.log_lines("state=Leader", usize::MAX).len())
-        .sum();
+    // From the servers' logs, each read once.
+    let (mut snapshot_loads, mut snapshot_installs, mut leaderships) = (0, 0, 0);
+    for server in cluster.servers() {
+        for line in server.log().lines() {
+            snapshot_loads +=
+                usize::from(line.contains("loaded the state from the stored snapshot"));
+            snapshot_installs += usize::from(line.contains("installed a snapshot"));
+            leaderships += usize::from(line.contains("state=Leader"));
+        }
+    }
     let mut outcome = Outcome {
         seed: plan.seed,
         started_unix_ms,
@@ -373,8 +365,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
         artifacts: None,
     };
     if !outcome.linearizable() || plan.save_always {
-        let dir = save(&cluster, plan, &history, &mut outcome)?;
-        outcome.artifacts = Some(dir);
+        save(&cluster, plan, &history, &mut outcome)?;
     }
     Ok(outcome)
 }
@@ -439,7 +430,7 @@ fn tracing_line(i: &Injected) {
 async fn wait_leader(cluster: &Cluster) -> Option<usize> {
     let deadline = Instant::now() + LEADER_WAIT;
     loop {
-        if let Some(l) = nemesis::current_leader(cluster, Duration::from_secs(1)).await {
+        if let Some(l) = cluster.leader_within(Duration::from_secs(1)).await {
             return Some(l);
         }
         if Instant::now() > deadline {
@@ -486,13 +477,13 @@ async fn final_reads(
     Ok(())
 }
 
-/// Saves what a failing run needs to be understood; returns the directory.
+/// Saves what a failing run needs to be understood, and records where in `outcome`.
 fn save(
     cluster: &Cluster,
     plan: &Plan,
     history: &[Op],
     outcome: &mut Outcome,
-) -> anyhow::Result<PathBuf> {
+) -> anyhow::Result<()> {
     let dir = plan
         .artifacts
         .join(format!("{}-seed{}", outcome.started_unix_ms, plan.seed));
@@ -542,5 +533,5 @@ fn save(
     }
     outcome.artifacts = Some(dir.clone());
     write("summary.json", serde_json::to_string_pretty(&*outcome)?)?;
-    Ok(dir)
+    Ok(())
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::cluster::{leader_addr, Cluster};
+use crate::cluster::Cluster;
 use crate::netns;
 
 /// One kind of fault.
@@ -104,25 +104,6 @@ pub struct Injected {
     pub leader: Option<String>,
     pub start_ms: u64,
     pub healed_ms: u64,
-}
-
-/// The leader a majority of the servers name, asking each for at most `timeout`.
-pub async fn current_leader(cluster: &Cluster, timeout: Duration) -> Option<usize> {
-    let mut views = Vec::new();
-    for s in cluster.servers() {
-        let view = tokio::time::timeout(timeout, leader_addr(s.api())).await;
-        views.push(view.ok().flatten());
-    }
-    let quorum = cluster.servers().len() / 2 + 1;
-    for v in views.iter().flatten() {
-        if v.is_empty() {
-            continue;
-        }
-        if views.iter().flatten().filter(|x| *x == v).count() >= quorum {
-            return cluster.server_by_addr(v);
-        }
-    }
-    None
 }
 
 /// Applies `fault`, holds it, heals it. `leader` is the current leader's index, if known;

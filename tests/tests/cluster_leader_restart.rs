@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::Method;
-use tests::cluster::{kv_put, Cluster, ClusterSpec, WriteOutcome};
+use tests::cluster::{kv_get_consistent, kv_put, probe, Cluster, ClusterSpec, WriteOutcome};
+use tests::sys::metric_value;
 use tests::Api;
 
 const KEY: &str = "restart/counter";
@@ -33,32 +33,14 @@ const READERS: usize = 4;
 
 /// `GET ?consistent` of [`KEY`]: the number, `None` on any failure.
 async fn read(api: &Api) -> Option<u64> {
-    let r = api
-        .send(
-            Method::GET,
-            &format!("/v1/kv/{KEY}?raw&consistent"),
-            None,
-            Some(Duration::from_secs(3)),
-        )
-        .await
-        .ok()?;
-    if r.status != 200 {
-        return None;
-    }
-    r.text().trim().parse().ok()
+    let value = kv_get_consistent(api, KEY).await.ok()??;
+    String::from_utf8(value).ok()?.trim().parse().ok()
 }
 
 /// The term a server's Raft metrics report (`meshd_raft_term`), if it answers.
 async fn term(api: &Api) -> Option<f64> {
-    let r = api
-        .send(Method::GET, "/metrics", None, Some(Duration::from_secs(2)))
-        .await
-        .ok()?;
-    r.text()
-        .lines()
-        .find(|l| l.starts_with("meshd_raft_term "))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
+    let r = probe(api, "/metrics").await?;
+    metric_value(&r.text(), "meshd_raft_term")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
