@@ -6,10 +6,21 @@
 //! - [`listeners`]: the local ports, kept in step with the registry;
 //! - [`budget`]: the data plane's share of descriptors and connections, so that it never
 //!   starves the control plane;
-//! - [`outbound`]: the caller side (who is calling, limits, endpoint choice, retries);
+//!
+//! A connection goes through three steps:
+//! - decide ([`decide`]): per destination, an immutable snapshot (protocol, endpoints and
+//!   their balancers, limits, compiled routes), rebuilt when the registry changes and read
+//!   without a lock per connection;
+//! - connect ([`connect`]): one connector for endpoints on this host (TCP) and on others (a
+//!   tunnel stream), behind one stream type;
+//! - serve: at accept ([`outbound`]: which destination, who is calling, its caps), a layer-4
+//!   splice ([`l4`], [`splice`]) or the HTTP stack of tower layers ([`http`]) by the
+//!   destination's protocol.
+//!
+//! The other parts:
 //! - [`tunnel`]: the stream header and answer, and the caller side's QUIC connections;
-//! - [`inbound`]: the destination side (identity, intentions, local instance);
-//! - [`splice`]: bytes both ways with half-close and resets carried over;
+//! - [`inbound`]: the destination side (identity, intentions, local instance), a splice or an
+//!   HTTP exchange;
 //! - [`leaves`]: this host's service certificates and the trusted roots;
 //! - [`balance`]: endpoint choice (round robin, least request with two choices, consistent
 //!   hash on the caller's address), weighted;
@@ -20,7 +31,11 @@ pub mod balance;
 pub mod budget;
 pub mod caller;
 pub mod capture;
+pub mod connect;
+pub mod decide;
+pub mod http;
 pub mod inbound;
+pub mod l4;
 pub mod leaves;
 pub mod listeners;
 pub mod metrics;
@@ -28,21 +43,19 @@ pub mod outbound;
 pub mod splice;
 pub mod tunnel;
 
-use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use registry::config_entry::{Limits, SERVICE_DEFAULTS};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::store::Store;
 use crate::transport::Transport;
-use balance::{Balancer, Policy};
 use budget::Budget;
 use capture::{Capture, CaptureError};
+use decide::Decisions;
 use leaves::Leaves;
 use metrics::{Pair, ProxyMetrics};
 
@@ -55,8 +68,10 @@ pub struct Inner {
     pub leaves: Arc<Leaves>,
     pub metrics: ProxyMetrics,
     connections: tunnel::Connections,
-    balancers: Mutex<HashMap<String, Arc<Balancer>>>,
-    counts: Mutex<HashMap<String, Arc<DestCounts>>>,
+    /// The compiled per-destination decisions.
+    pub decisions: Arc<Decisions>,
+    /// Pooled HTTP connections to this host's instances.
+    pub pool: http::pool::Pool,
     /// Registration `user` → uid (`None`: no such user), resolved once.
     users: Mutex<HashMap<String, Option<u32>>>,
     /// Every proxied connection, both directions: shutdown waits for them.
@@ -65,34 +80,6 @@ pub struct Inner {
     draining: AtomicBool,
     /// What proxied connections may hold.
     budget: Arc<Budget>,
-}
-
-/// Connections toward one destination from this host.
-#[derive(Default)]
-pub struct DestCounts {
-    pub active: AtomicU32,
-    pub pending: AtomicU32,
-}
-
-/// Decrements a counter when dropped.
-pub struct Held<'a>(&'a AtomicU32);
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl DestCounts {
-    pub fn hold_active(&self) -> Held<'_> {
-        self.active.fetch_add(1, Ordering::Relaxed);
-        Held(&self.active)
-    }
-
-    pub fn hold_pending(&self) -> Held<'_> {
-        self.pending.fetch_add(1, Ordering::Relaxed);
-        Held(&self.pending)
-    }
 }
 
 /// Counts a connection open while it lives (opened, active, closed).
@@ -109,18 +96,6 @@ impl Drop for OpenGuard {
 }
 
 impl Inner {
-    fn trust_domain(&self) -> String {
-        self.store
-            .read()
-            .active_ca_root()
-            .map(|r| r.trust_domain.clone())
-            .unwrap_or_default()
-    }
-
-    fn counters(&self, pair: &Pair) -> splice::Counters {
-        self.metrics.counters(pair)
-    }
-
     fn open_guard(&self, pair: Pair) -> OpenGuard {
         self.metrics.opened.get_or_create(&pair).inc();
         self.metrics.active.get_or_create(&pair).inc();
@@ -128,82 +103,6 @@ impl Inner {
             metrics: self.metrics.clone(),
             pair,
         }
-    }
-
-    /// The caps of `destination`'s `service-defaults` entry.
-    fn limits(&self, destination: &str) -> Limits {
-        self.store
-            .read()
-            .config_entry(SERVICE_DEFAULTS, destination)
-            .and_then(|e| e.limits)
-            .unwrap_or_default()
-    }
-
-    fn dest_counts(&self, destination: &str) -> Arc<DestCounts> {
-        self.counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(destination.to_string())
-            .or_default()
-            .clone()
-    }
-
-    /// The balancer of `destination`, made anew when its policy changed.
-    fn balancer(&self, destination: &str) -> Arc<Balancer> {
-        let policy = self
-            .store
-            .read()
-            .config_entry(SERVICE_DEFAULTS, destination)
-            .and_then(|e| Policy::parse(e.policy()).ok())
-            .unwrap_or_default();
-        let mut map = self
-            .balancers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match map.get(destination) {
-            Some(b) if b.policy() == policy => b.clone(),
-            _ => {
-                tracing::debug!(%destination, policy = policy.as_str(), "load balancing policy");
-                let b = Arc::new(Balancer::new(policy));
-                map.insert(destination.to_string(), b.clone());
-                b
-            }
-        }
-    }
-
-    /// Which local service a connection to a virtual IP comes from: the one registered with
-    /// the `user` owning the caller's socket, else the host's only service; `None`: the node.
-    fn attribute(&self, local: SocketAddr, peer: SocketAddr) -> Option<String> {
-        let services: Vec<(String, String)> = self
-            .store
-            .read()
-            .node_services(&self.node)
-            .map(|s| (s.service.clone(), s.user.clone()))
-            .collect();
-        // The socket table is read only when some local service declares its user.
-        let uid = if peer.ip().is_loopback() && services.iter().any(|(_, u)| !u.is_empty()) {
-            caller::socket_uid(local, peer).ok().flatten()
-        } else {
-            None
-        };
-        if let Some(uid) = uid {
-            let by_user: BTreeSet<&str> = services
-                .iter()
-                .filter(|(_, user)| !user.is_empty() && self.uid_of(user) == Some(uid))
-                .map(|(name, _)| name.as_str())
-                .collect();
-            if by_user.len() == 1 {
-                return by_user.into_iter().next().map(str::to_string);
-            }
-            if by_user.len() > 1 {
-                return None;
-            }
-        }
-        let names: BTreeSet<&str> = services.iter().map(|(n, _)| n.as_str()).collect();
-        if names.len() == 1 {
-            return names.into_iter().next().map(str::to_string);
-        }
-        None
     }
 
     fn uid_of(&self, user: &str) -> Option<u32> {
@@ -256,6 +155,9 @@ impl Proxy {
         let metrics = ProxyMetrics::new(registry);
         let budget = Budget::new(cfg.reserved_fds, cfg.max_connections, registry);
         let leaves = Arc::new(Leaves::new(cfg.node.clone(), cfg.leaf_ttl));
+        let decisions = Arc::new(Decisions::new(cfg.node.clone(), metrics.rebuilds.clone()));
+        // The first table before the first listener: no connection finds it empty.
+        decisions.update(&store.read());
         let inner = Arc::new(Inner {
             store: store.clone(),
             node: cfg.node,
@@ -264,8 +166,8 @@ impl Proxy {
             leaves: leaves.clone(),
             metrics: metrics.clone(),
             connections: tunnel::Connections::default(),
-            balancers: Mutex::default(),
-            counts: Mutex::default(),
+            decisions: decisions.clone(),
+            pool: http::pool::Pool::default(),
             users: Mutex::default(),
             tasks: TaskTracker::new(),
             draining: AtomicBool::new(false),
@@ -278,11 +180,14 @@ impl Proxy {
         }));
         inner
             .tasks
-            .spawn(leaves.run(store, transport, metrics, cancel.clone()));
+            .spawn(leaves.run(store.clone(), transport, metrics, cancel.clone()));
         inner
             .tasks
             .spawn(listeners::run(inner.clone(), capture, cancel.clone()));
         inner.tasks.spawn(budget.sample(cancel.clone()));
+        inner
+            .tasks
+            .spawn(decisions.clone().run(store.clone(), cancel.clone()));
         Ok(Proxy { inner, cancel })
     }
 

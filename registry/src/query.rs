@@ -93,6 +93,11 @@ impl State {
         out
     }
 
+    /// The names of the services with at least one instance, in no particular order.
+    pub fn service_name_list(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
     /// The instances of a service, ordered by node and ID.
     pub fn service_instances(&self, name: &str) -> Vec<(&Node, &Service)> {
         let Some(keys) = self.by_name.get(name) else {

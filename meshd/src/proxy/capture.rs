@@ -77,19 +77,6 @@ pub fn prefixes(st: &State) -> BTreeSet<Prefix> {
         .collect()
 }
 
-/// The service a captured connection is for: the one whose virtual IP it dialled, if one of
-/// its instances uses the port (the ports a per-service listener would have listened on).
-pub fn route(st: &State, local: SocketAddr) -> Option<String> {
-    let IpAddr::V4(ip) = local.ip() else {
-        return None;
-    };
-    let service = st.virtual_ip_service(ip)?;
-    st.service_instances(service)
-        .iter()
-        .any(|(_, s)| s.port == local.port() && s.port != 0)
-        .then(|| service.to_string())
-}
-
 /// The fallback's listeners: `<virtual IP>:<port>` → service, at most `limit`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Fallback {
@@ -247,11 +234,15 @@ mod tests {
         let st = state(&[("api", &[80, 8080]), ("db", &[5432])]);
         let api = st.virtual_ip("api").expect("api's address");
         let at = |port| SocketAddr::new(IpAddr::V4(api), port);
-        assert_eq!(route(&st, at(80)).as_deref(), Some("api"));
-        assert_eq!(route(&st, at(8080)).as_deref(), Some("api"));
-        assert_eq!(route(&st, at(5432)), None, "db's port, api's address");
-        assert_eq!(route(&st, "127.100.9.9:80".parse().unwrap()), None);
-        assert_eq!(route(&st, "[::1]:80".parse().unwrap()), None);
+        let decisions = crate::proxy::decide::Decisions::new("n1".into(), Default::default());
+        decisions.update(&st);
+        let table = decisions.table();
+        let route = |a: SocketAddr| table.captured(a).map(|d| d.service.clone());
+        assert_eq!(route(at(80)).as_deref(), Some("api"));
+        assert_eq!(route(at(8080)).as_deref(), Some("api"));
+        assert_eq!(route(at(5432)), None, "db's port, api's address");
+        assert_eq!(route("127.100.9.9:80".parse().unwrap()), None);
+        assert_eq!(route("[::1]:80".parse().unwrap()), None);
     }
 
     #[test]

@@ -4,16 +4,16 @@
 //! other hosts) and the splice. A refused stream is answered with its reason, closed at once
 //! and counted.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use registry::ca::Identity;
 use registry::intention::Caller;
 
+use super::decide::local_addr;
 use super::metrics::Pair;
 use super::splice;
-use super::tunnel::{answer, Header, Status};
+use super::tunnel::{answer, Header, Mode, Status};
 use super::Inner;
 use crate::transport::Incoming;
 
@@ -30,7 +30,7 @@ pub async fn serve(inner: Arc<Inner>, mut s: Incoming) {
         return;
     }
     let (source, caller_node) = match &s.peer {
-        Some(p) if p.trust_domain == inner.trust_domain() => match &p.identity {
+        Some(p) if p.trust_domain == inner.decisions.table().trust_domain => match &p.identity {
             Identity::Service(n) => (n.clone(), None),
             Identity::Node(n) | Identity::Server(n) => (format!("node:{n}"), Some(n.clone())),
         },
@@ -73,6 +73,7 @@ pub async fn serve(inner: Arc<Inner>, mut s: Incoming) {
             .filter(|svc| header.instance.is_empty() || svc.id == header.instance)
             .find(|svc| svc.port == header.port || !header.instance.is_empty())
             .map(|svc| local_addr(&svc.address, svc.port));
+        // What the instance speaks: the destination's protocol, as this host compiled it.
         (decision, target)
     };
     let pair = Pair {
@@ -111,6 +112,18 @@ pub async fn serve(inner: Arc<Inner>, mut s: Incoming) {
             return;
         }
     };
+    if header.mode == Mode::Http {
+        let h2 = inner
+            .decisions
+            .table()
+            .destination(&destination)
+            .is_some_and(|d| d.protocol.h2_upstream());
+        if s.send.write_all(&answer(Status::Ok, "")).await.is_err() {
+            return;
+        }
+        let _open = inner.open_guard(pair.clone());
+        return super::http::inbound::serve(inner.clone(), s.send, s.recv, target, h2, &pair).await;
+    }
     let started = Instant::now();
     let tcp = match tokio::time::timeout(
         LOCAL_CONNECT_TIMEOUT,
@@ -145,17 +158,9 @@ pub async fn serve(inner: Arc<Inner>, mut s: Incoming) {
     if s.send.write_all(&answer(Status::Ok, "")).await.is_err() {
         return;
     }
-    let counters = inner.counters(&pair);
+    let counters = inner.metrics.counters(&pair);
     let _open = inner.open_guard(pair);
     splice::tcp_tunnel(tcp, s.send, s.recv, &counters).await;
-}
-
-/// A local instance's address: its own, or loopback when it registered none.
-pub fn local_addr(address: &str, port: u16) -> SocketAddr {
-    let ip = address
-        .parse::<IpAddr>()
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    SocketAddr::new(ip, port)
 }
 
 async fn refuse(s: &mut Incoming, status: Status, why: &str) {

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::capture::{self, Capture};
 use super::metrics::ListenerKind;
-use super::outbound::{self, Route};
+use super::outbound;
 use super::Inner;
 
 /// Accept queue of a proxy listener: callers open connections in bursts, and a full queue
@@ -35,8 +35,32 @@ const RETRY_EVERY: Duration = Duration::from_secs(5);
 /// At most one log line this often about virtual IPs the fallback leaves without a listener.
 const UNSERVED_LOG_EVERY: Duration = Duration::from_secs(60);
 
+/// What a listener forwards to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// A virtual IP: the caller is found from its socket.
+    Vip { service: String },
+    /// An explicit upstream of a local service: the caller is that service.
+    Upstream { source: String, destination: String },
+    /// The capture listener: the virtual IP (and so the service) is the connection's local
+    /// address, then as [`Listen::Vip`].
+    Captured,
+}
+
+impl Listen {
+    /// The service called, when the listener alone says it (`None` for [`Listen::Captured`],
+    /// where the connection's local address does).
+    pub fn destination(&self) -> Option<&str> {
+        match self {
+            Listen::Vip { service } => Some(service),
+            Listen::Upstream { destination, .. } => Some(destination),
+            Listen::Captured => None,
+        }
+    }
+}
+
 /// What should be listened on for this node's explicit upstreams.
-fn upstreams(inner: &Inner) -> BTreeMap<SocketAddr, Route> {
+fn upstreams(inner: &Inner) -> BTreeMap<SocketAddr, Listen> {
     let st = inner.store.read();
     let mut out = BTreeMap::new();
     for svc in st.node_services(&inner.node) {
@@ -44,7 +68,7 @@ fn upstreams(inner: &Inner) -> BTreeMap<SocketAddr, Route> {
         for u in svc.upstreams().unwrap_or_default() {
             out.insert(
                 SocketAddr::new(u.bind_addr, u.bind_port),
-                Route::Upstream {
+                Listen::Upstream {
                     source: svc.service.clone(),
                     destination: u.destination,
                 },
@@ -73,14 +97,14 @@ fn seen(inner: &Inner) -> Seen {
 
 /// The open listeners: their route and the token that stops their accept loop.
 #[derive(Default)]
-struct Open(HashMap<SocketAddr, (Route, CancellationToken)>);
+struct Open(HashMap<SocketAddr, (Listen, CancellationToken)>);
 
 impl Open {
     /// Stops what `want` lacks, opens what it adds; true when something failed to open.
     fn sync(
         &mut self,
         inner: &Arc<Inner>,
-        want: &BTreeMap<SocketAddr, Route>,
+        want: &BTreeMap<SocketAddr, Listen>,
         cancel: &CancellationToken,
     ) -> bool {
         self.0.retain(|addr, (route, token)| {
@@ -117,7 +141,7 @@ impl Open {
         let (mut up, mut vip) = (0, 0);
         for (route, _) in self.0.values() {
             match route {
-                Route::Upstream { .. } => up += 1,
+                Listen::Upstream { .. } => up += 1,
                 _ => vip += 1,
             }
         }
@@ -144,7 +168,7 @@ pub async fn run(inner: Arc<Inner>, capture: Capture, cancel: CancellationToken)
                     inner.tasks.spawn(accept(
                         inner.clone(),
                         l,
-                        Arc::new(Route::Captured),
+                        Arc::new(Listen::Captured),
                         cancel.child_token(),
                     ));
                 }
@@ -158,7 +182,7 @@ pub async fn run(inner: Arc<Inner>, capture: Capture, cancel: CancellationToken)
     let mut open = Open::default();
     let mut last: Option<Seen> = None;
     let mut want_up = BTreeMap::new();
-    let mut want_vip: BTreeMap<SocketAddr, Route> = BTreeMap::new();
+    let mut want_vip: BTreeMap<SocketAddr, Listen> = BTreeMap::new();
     let mut unserved_logged: Option<(Instant, usize)> = None;
     let mut retry = false;
     loop {
@@ -191,7 +215,7 @@ pub async fn run(inner: Arc<Inner>, capture: Capture, cancel: CancellationToken)
                     want_vip = fb
                         .listeners
                         .into_iter()
-                        .map(|(addr, service)| (addr, Route::Vip { service }))
+                        .map(|(addr, service)| (addr, Listen::Vip { service }))
                         .collect();
                     inner.metrics.vips_unserved.set(fb.unserved as i64);
                     log_unserved(&mut unserved_logged, fb.unserved, limit);
@@ -258,7 +282,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 async fn accept(
     inner: Arc<Inner>,
     listener: TcpListener,
-    route: Arc<Route>,
+    route: Arc<Listen>,
     cancel: CancellationToken,
 ) {
     let mut failing: Option<Instant> = None;
@@ -286,7 +310,7 @@ async fn accept(
 
 /// Hands an accepted connection to a task, if the budget admits it (two descriptors: the
 /// caller's, and the instance's or the socket table's while the caller is found).
-fn admit(inner: &Arc<Inner>, tcp: TcpStream, route: &Arc<Route>) {
+fn admit(inner: &Arc<Inner>, tcp: TcpStream, route: &Arc<Listen>) {
     match inner.budget.admit(2) {
         Ok(ticket) => {
             let (inner2, route) = (inner.clone(), route.clone());

@@ -84,6 +84,21 @@ pub struct ProxyMetrics {
     /// Services with a virtual IP the fallback capture left without a listener.
     pub vips_unserved: Gauge,
     pub accept_errors: Counter,
+    /// Rebuilds of the per-destination decisions.
+    pub rebuilds: super::decide::RebuildMetrics,
+    /// HTTP requests proxied, by the response status (meshd's own answers included).
+    pub requests: Family<Request, Counter>,
+    pub request_seconds: Family<Dest, Histogram>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Request {
+    pub source: String,
+    pub destination: String,
+    /// `outbound` or `inbound`.
+    pub direction: &'static str,
+    /// The response status code (bounded: at most the 63 codes HTTP defines and a few others).
+    pub code: u16,
 }
 
 impl ProxyMetrics {
@@ -108,6 +123,14 @@ impl ProxyMetrics {
             listeners: Family::default(),
             capture: Family::default(),
             vips_unserved: Gauge::default(),
+            rebuilds: super::decide::RebuildMetrics::default(),
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                    2.5, 10.0,
+                ])
+            }),
             accept_errors: Counter::default(),
         };
         registry.register(
@@ -182,6 +205,31 @@ impl ProxyMetrics {
             "Services with a virtual IP left without a listener on some port by the fallback \
              capture's bound (proxy_listener_limit)",
             m.vips_unserved.clone(),
+        );
+        registry.register(
+            "meshd_proxy_decisions_rebuilt",
+            "Rebuilds of the data plane's decision table (one per registry change that touches it)",
+            m.rebuilds.tables.clone(),
+        );
+        registry.register(
+            "meshd_proxy_destinations_rebuilt",
+            "Destination snapshots rebuilt (only those whose inputs changed)",
+            m.rebuilds.destinations.clone(),
+        );
+        registry.register(
+            "meshd_proxy_decisions_rebuild_seconds",
+            "Time spent rebuilding the decision table",
+            m.rebuilds.seconds.clone(),
+        );
+        registry.register(
+            "meshd_proxy_http_requests",
+            "HTTP requests proxied, by source, destination, direction and response code",
+            m.requests.clone(),
+        );
+        registry.register(
+            "meshd_proxy_http_request_seconds",
+            "Time to the response head of proxied HTTP requests (outbound)",
+            m.request_seconds.clone(),
         );
         registry.register(
             "meshd_proxy_accept_errors",

@@ -30,6 +30,14 @@ enum End {
     Aborted,
 }
 
+/// Splices `tcp` with a connected endpoint until both directions end.
+pub async fn splice(tcp: TcpStream, upstream: super::connect::Stream, counters: &Counters) {
+    match upstream {
+        super::connect::Stream::Tcp(up) => tcp_tcp(tcp, up, counters).await,
+        super::connect::Stream::Tunnel(send, recv) => tcp_tunnel(tcp, send, recv, counters).await,
+    }
+}
+
 /// Splices `tcp` with a QUIC stream until both directions end. A reset on either side resets
 /// the other (a TCP reset is sent with `SO_LINGER` 0).
 pub async fn tcp_tunnel(

@@ -4,6 +4,9 @@
 //! Wire format, on a fresh bidirectional stream of ALPN `meshd-tunnel/1`:
 //! - header: `1` (version), service name length (u8) and bytes, port (u16, big endian),
 //!   instance ID length (u8) and bytes (empty: any instance of the service with that port);
+//!   version `2` adds a mode byte after them ([`Mode`]: a byte stream, or one HTTP exchange
+//!   framed as [`http::frame`](super::http::frame) says). A byte stream is sent as version 1,
+//!   which hosts of every version read;
 //! - answer: a status byte ([`Status`]), a message length (u8) and bytes (why, when refused);
 //! - then the connection's bytes, both ways; a finish is a FIN, a reset is an abort.
 
@@ -16,6 +19,18 @@ use tokio::io::AsyncReadExt;
 use crate::transport::{Transport, TransportError};
 
 const VERSION: u8 = 1;
+/// The header version with a [`Mode`].
+const VERSION_MODE: u8 = 2;
+
+/// What the stream carries after the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// The connection's bytes, both ways (layer 4).
+    #[default]
+    Stream = 0,
+    /// One HTTP request and its response, framed.
+    Http = 1,
+}
 
 /// What a destination answers a header with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +82,7 @@ pub struct Header {
     pub service: String,
     pub port: u16,
     pub instance: String,
+    pub mode: Mode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +91,8 @@ pub enum HeaderError {
     Version(u8),
     #[error("{0} is longer than 255 bytes")]
     TooLong(&'static str),
+    #[error("unknown stream mode {0}")]
+    Mode(u8),
     #[error("{0} is not UTF-8")]
     NotUtf8(&'static str),
     #[error("reading the header: {0}")]
@@ -86,13 +104,19 @@ impl Header {
         let s = u8::try_from(self.service.len()).map_err(|_| HeaderError::TooLong("service"))?;
         let i =
             u8::try_from(self.instance.len()).map_err(|_| HeaderError::TooLong("instance ID"))?;
-        let mut out = Vec::with_capacity(5 + self.service.len() + self.instance.len());
-        out.push(VERSION);
+        let mut out = Vec::with_capacity(6 + self.service.len() + self.instance.len());
+        out.push(match self.mode {
+            Mode::Stream => VERSION,
+            Mode::Http => VERSION_MODE,
+        });
         out.push(s);
         out.extend_from_slice(self.service.as_bytes());
         out.extend_from_slice(&self.port.to_be_bytes());
         out.push(i);
         out.extend_from_slice(self.instance.as_bytes());
+        if self.mode != Mode::Stream {
+            out.push(self.mode as u8);
+        }
         Ok(out)
     }
 
@@ -100,16 +124,25 @@ impl Header {
     pub async fn read(r: &mut (impl AsyncReadExt + Unpin)) -> Result<Header, HeaderError> {
         let rd = |e: std::io::Error| HeaderError::Read(e.to_string());
         let version = r.read_u8().await.map_err(rd)?;
-        if version != VERSION {
+        if version != VERSION && version != VERSION_MODE {
             return Err(HeaderError::Version(version));
         }
         let service = read_str(r, "service").await?;
         let port = r.read_u16().await.map_err(rd)?;
         let instance = read_str(r, "instance ID").await?;
+        let mode = match version {
+            VERSION => Mode::Stream,
+            _ => match r.read_u8().await.map_err(rd)? {
+                0 => Mode::Stream,
+                1 => Mode::Http,
+                m => return Err(HeaderError::Mode(m)),
+            },
+        };
         Ok(Header {
             service,
             port,
             instance,
+            mode,
         })
     }
 }
@@ -232,12 +265,21 @@ mod tests {
             service: "api".into(),
             port: 8080,
             instance: "api-1".into(),
+            mode: Mode::Stream,
         };
-        let bytes = h.encode().expect("encode");
-        assert_eq!(Header::read(&mut bytes.as_slice()).await.expect("read"), h);
-        for cut in 0..bytes.len() {
-            assert!(Header::read(&mut &bytes[..cut]).await.is_err(), "cut {cut}");
+        for mode in [Mode::Stream, Mode::Http] {
+            let h = Header { mode, ..h.clone() };
+            let bytes = h.encode().expect("encode");
+            assert_eq!(bytes[0], if mode == Mode::Stream { 1 } else { 2 });
+            assert_eq!(Header::read(&mut bytes.as_slice()).await.expect("read"), h);
+            for cut in 0..bytes.len() {
+                assert!(Header::read(&mut &bytes[..cut]).await.is_err(), "cut {cut}");
+            }
         }
+        assert!(matches!(
+            Header::read(&mut [2u8, 1, b'a', 0, 1, 0, 7].as_slice()).await,
+            Err(HeaderError::Mode(7))
+        ));
         assert!(matches!(
             Header::read(&mut [9u8, 0, 0, 0, 0].as_slice()).await,
             Err(HeaderError::Version(9))

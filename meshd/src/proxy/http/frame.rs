@@ -1,0 +1,352 @@
+//! One HTTP exchange on one tunnel stream ([`Mode::Http`](crate::proxy::tunnel::Mode)): the
+//! framing both hosts speak after the tunnel header and answer.
+//!
+//! Each direction is a sequence of frames, `type (u8) | length (u32, big endian) | payload`:
+//! - `HEAD` (1), first and once: a request's method, path-and-query and headers, or a
+//!   response's status and headers;
+//! - `DATA` (0), any number: body bytes, passed on as they arrive (never gathered whole);
+//! - `TRAILERS` (2), at most once, last: trailer fields (gRPC's status travels in them).
+//!
+//! The sender's stream finish ends the message; a stream reset is an aborted message (the
+//! receiving host resets its side in turn: HTTP/2 `RST_STREAM`, or an aborted HTTP/1.1
+//! connection). A header block (name u8-length, value u16-length, count u16) is at most
+//! [`MAX_HEAD`] bytes, allocated only after its length is checked; data is read in chunks of at
+//! most [`CHUNK`] bytes, whatever length a frame declares.
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// The largest header or trailer block accepted.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// The most body bytes read at once.
+pub const CHUNK: usize = 64 * 1024;
+
+const DATA: u8 = 0;
+const HEAD: u8 = 1;
+const TRAILERS: u8 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("reading a frame: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("unknown frame type {0}")]
+    Type(u8),
+    #[error("a {what} of {len} bytes is over the {MAX_HEAD}-byte limit")]
+    TooLarge { what: &'static str, len: usize },
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    #[error("expected a HEAD frame first")]
+    NoHead,
+    #[error("a frame after the trailers")]
+    AfterTrailers,
+    #[error("the message ended before its head")]
+    Ended,
+}
+
+/// A request's head as framed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: Method,
+    /// Path and query (origin form).
+    pub path: String,
+    pub headers: HeaderMap,
+}
+
+/// A response's head as framed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+}
+
+fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + payload.len());
+    out.push(kind);
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+    let n = headers.len().min(usize::from(u16::MAX));
+    out.extend_from_slice(&(n as u16).to_be_bytes());
+    for (name, value) in headers.iter().take(n) {
+        let name = name.as_str().as_bytes();
+        let value = value.as_bytes();
+        out.push(name.len().min(255) as u8);
+        out.extend_from_slice(&name[..name.len().min(255)]);
+        let vlen = value.len().min(usize::from(u16::MAX));
+        out.extend_from_slice(&(vlen as u16).to_be_bytes());
+        out.extend_from_slice(&value[..vlen]);
+    }
+}
+
+/// The frame of a request head.
+pub fn request_head(head: &RequestHead) -> Vec<u8> {
+    let mut p = Vec::with_capacity(256);
+    let m = head.method.as_str().as_bytes();
+    p.push(m.len().min(255) as u8);
+    p.extend_from_slice(&m[..m.len().min(255)]);
+    let path = head.path.as_bytes();
+    let plen = path.len().min(usize::from(u16::MAX));
+    p.extend_from_slice(&(plen as u16).to_be_bytes());
+    p.extend_from_slice(&path[..plen]);
+    put_headers(&mut p, &head.headers);
+    frame(HEAD, &p)
+}
+
+/// The frame of a response head.
+pub fn response_head(head: &ResponseHead) -> Vec<u8> {
+    let mut p = Vec::with_capacity(256);
+    p.extend_from_slice(&head.status.as_u16().to_be_bytes());
+    put_headers(&mut p, &head.headers);
+    frame(HEAD, &p)
+}
+
+/// The header of a DATA frame of `len` bytes (the bytes follow it unframed).
+pub fn data_header(len: usize) -> [u8; 5] {
+    let mut h = [DATA, 0, 0, 0, 0];
+    h[1..].copy_from_slice(&(len as u32).to_be_bytes());
+    h
+}
+
+pub fn trailers(t: &HeaderMap) -> Vec<u8> {
+    let mut p = Vec::with_capacity(64);
+    put_headers(&mut p, t);
+    frame(TRAILERS, &p)
+}
+
+/// A parser over a payload.
+struct Cursor<'a>(&'a [u8], &'static str);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.0.len() < n {
+            return Err(FrameError::Malformed(self.1));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, FrameError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, FrameError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn headers(&mut self) -> Result<HeaderMap, FrameError> {
+        let n = self.u16()?;
+        let mut map = HeaderMap::with_capacity(usize::from(n).min(64));
+        for _ in 0..n {
+            let nl = usize::from(self.u8()?);
+            let name = HeaderName::from_bytes(self.take(nl)?)
+                .map_err(|_| FrameError::Malformed("header name"))?;
+            let vl = usize::from(self.u16()?);
+            let value = HeaderValue::from_bytes(self.take(vl)?)
+                .map_err(|_| FrameError::Malformed("header value"))?;
+            map.append(name, value);
+        }
+        if !self.0.is_empty() {
+            return Err(FrameError::Malformed(self.1));
+        }
+        Ok(map)
+    }
+}
+
+pub fn parse_request_head(p: &[u8]) -> Result<RequestHead, FrameError> {
+    let mut c = Cursor(p, "request head");
+    let ml = usize::from(c.u8()?);
+    let method =
+        Method::from_bytes(c.take(ml)?).map_err(|_| FrameError::Malformed("request method"))?;
+    let pl = usize::from(c.u16()?);
+    let path = std::str::from_utf8(c.take(pl)?)
+        .map_err(|_| FrameError::Malformed("request path"))?
+        .to_string();
+    let headers = c.headers()?;
+    Ok(RequestHead {
+        method,
+        path,
+        headers,
+    })
+}
+
+pub fn parse_response_head(p: &[u8]) -> Result<ResponseHead, FrameError> {
+    let mut c = Cursor(p, "response head");
+    let status =
+        StatusCode::from_u16(c.u16()?).map_err(|_| FrameError::Malformed("response status"))?;
+    let headers = c.headers()?;
+    Ok(ResponseHead { status, headers })
+}
+
+/// What [`FrameReader::next`] yields.
+#[derive(Debug)]
+pub enum Frame {
+    Head(Bytes),
+    Data(Bytes),
+    Trailers(HeaderMap),
+}
+
+/// Reads frames from one direction of a stream.
+pub struct FrameReader<R> {
+    r: R,
+    /// Body bytes of the current DATA frame still to read.
+    left: usize,
+    seen_head: bool,
+    done: bool,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(r: R) -> FrameReader<R> {
+        FrameReader {
+            r,
+            left: 0,
+            seen_head: false,
+            done: false,
+        }
+    }
+
+    /// The next frame (a DATA frame comes in chunks of at most [`CHUNK`]); `None` at the
+    /// sender's finish.
+    pub async fn next(&mut self) -> Result<Option<Frame>, FrameError> {
+        loop {
+            if self.left > 0 {
+                let n = self.left.min(CHUNK);
+                let mut buf = BytesMut::zeroed(n);
+                let got = self.r.read(&mut buf).await?;
+                if got == 0 {
+                    return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+                buf.truncate(got);
+                self.left -= got;
+                return Ok(Some(Frame::Data(buf.freeze())));
+            }
+            let mut h = [0u8; 5];
+            match self.r.read(&mut h[..1]).await? {
+                0 => return Ok(None),
+                _ => self.r.read_exact(&mut h[1..]).await?,
+            };
+            if self.done {
+                return Err(FrameError::AfterTrailers);
+            }
+            let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+            match h[0] {
+                DATA if !self.seen_head => return Err(FrameError::NoHead),
+                DATA => {
+                    self.left = len;
+                    continue;
+                }
+                HEAD | TRAILERS => {
+                    let what = if h[0] == HEAD {
+                        "head"
+                    } else {
+                        "trailer block"
+                    };
+                    if len > MAX_HEAD {
+                        return Err(FrameError::TooLarge { what, len });
+                    }
+                    let mut p = vec![0u8; len];
+                    self.r.read_exact(&mut p).await?;
+                    if h[0] == HEAD {
+                        if self.seen_head {
+                            return Err(FrameError::Malformed("second head"));
+                        }
+                        self.seen_head = true;
+                        return Ok(Some(Frame::Head(p.into())));
+                    }
+                    if !self.seen_head {
+                        return Err(FrameError::NoHead);
+                    }
+                    self.done = true;
+                    let t = Cursor(&p, "trailers").headers()?;
+                    return Ok(Some(Frame::Trailers(t)));
+                }
+                other => return Err(FrameError::Type(other)),
+            }
+        }
+    }
+
+    /// The head frame's payload; an error if the stream starts otherwise.
+    pub async fn head(&mut self) -> Result<Bytes, FrameError> {
+        match self.next().await? {
+            Some(Frame::Head(p)) => Ok(p),
+            Some(_) => Err(FrameError::NoHead),
+            None => Err(FrameError::Ended),
+        }
+    }
+
+    pub fn into_inner(self) -> R {
+        self.r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_garbage_is_an_error() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-canary", HeaderValue::from_static("1"));
+        headers.append("set-cookie", HeaderValue::from_static("a=1"));
+        headers.append("set-cookie", HeaderValue::from_static("b=2"));
+        let req = RequestHead {
+            method: Method::POST,
+            path: "/api/v2/x?y=1".into(),
+            headers: headers.clone(),
+        };
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static("14"));
+        let mut wire = request_head(&req);
+        wire.extend_from_slice(&data_header(100_000));
+        wire.extend(std::iter::repeat_n(7u8, 100_000));
+        wire.extend_from_slice(&trailers(&t));
+        let mut r = FrameReader::new(wire.as_slice());
+        let head = parse_request_head(&r.head().await.unwrap()).unwrap();
+        assert_eq!(head, req);
+        let mut body = 0;
+        let got_trailers = loop {
+            match r.next().await.unwrap() {
+                Some(Frame::Data(d)) => {
+                    assert!(d.len() <= CHUNK);
+                    body += d.len();
+                }
+                Some(Frame::Trailers(t)) => break t,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!((body, got_trailers), (100_000, t));
+        assert!(r.next().await.unwrap().is_none());
+
+        let resp = ResponseHead {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            headers,
+        };
+        let w = response_head(&resp);
+        let mut r = FrameReader::new(w.as_slice());
+        assert_eq!(parse_response_head(&r.head().await.unwrap()).unwrap(), resp);
+
+        // Cut anywhere: an error or a short message, never a panic.
+        for cut in 0..wire.len().min(400) {
+            let mut r = FrameReader::new(&wire[..cut]);
+            while let Ok(Some(_)) = r.next().await {}
+        }
+        // A head over the limit is refused before anything is allocated for it.
+        let big = [HEAD, 0xff, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            FrameReader::new(&big[..]).next().await,
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            FrameReader::new(&[9u8, 0, 0, 0, 0][..]).next().await,
+            Err(FrameError::Type(9))
+        ));
+        assert!(matches!(
+            FrameReader::new(&data_header(1)[..]).next().await,
+            Err(FrameError::NoHead)
+        ));
+        assert!(parse_request_head(&[3, b'G', b'E']).is_err());
+        assert!(parse_response_head(&[0, 99, 0, 0]).is_err());
+    }
+}
