@@ -20,6 +20,7 @@ mod connect_ca;
 mod connect_leaf;
 mod decode;
 mod definition;
+mod discovery_chain;
 mod error;
 mod health;
 mod intentions;
@@ -185,6 +186,7 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
             "/v1/config/{kind}/{name}",
             get(config_entries::get).delete(config_entries::delete),
         )
+        .route("/v1/discovery-chain/{service}", get(discovery_chain::get))
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
         .route("/v1/agent/leave", put(cluster::leave))

@@ -6,7 +6,10 @@
 //! - [`state`]: the tables and `apply`, with per-table, per-service and per-node indexes;
 //! - [`query`]: reads of the state and the index each reflects;
 //! - [`intention`]: who may call whom, and the default policy;
-//! - [`config_entry`]: per-service settings (`service-defaults`);
+//! - [`config_entry`]: per-service settings (`service-defaults`, `service-router`,
+//!   `service-splitter`, `service-resolver`), validated at write;
+//! - [`filter`]: the filter expressions of resolver subsets;
+//! - [`chain`]: the compiled discovery chain of a service, which the data plane runs;
 //! - [`vip`]: the virtual IP of each service name, allocated from a replicated range;
 //! - [`feed`]: the recent applied commands, which agents' watch streams replay;
 //! - [`archive`]: the self-checking snapshot file of `meshctl snapshot save`/`restore`;
@@ -15,9 +18,12 @@
 
 pub mod archive;
 pub mod ca;
+pub mod chain;
 pub mod command;
 pub mod config_entry;
+pub mod duration;
 pub mod feed;
+pub mod filter;
 pub mod intention;
 pub mod model;
 pub mod query;

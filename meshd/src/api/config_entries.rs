@@ -1,5 +1,8 @@
-//! `/v1/config`: config entries (`service-defaults`) — `PUT /v1/config` (with `?cas=`),
-//! `GET /v1/config/{kind}`, `GET|DELETE /v1/config/{kind}/{name}`.
+//! `/v1/config`: config entries (`service-defaults`, `service-router`, `service-splitter`,
+//! `service-resolver`) — `PUT /v1/config` (with `?cas=`), `GET /v1/config/{kind}`,
+//! `GET|DELETE /v1/config/{kind}/{name}`. An entry is validated here for a quick 400, and
+//! again where the write is applied, which also checks it against the other entries (a router
+//! needs a layer-7 protocol): a refusal there is a 400 too.
 
 use std::sync::Arc;
 
@@ -25,7 +28,7 @@ pub async fn put(
     let params = Params::parse(q.as_deref());
     let cas = params.u64("cas")?;
     let entry: ConfigEntry = decode_body(&body, "config entry")?;
-    entry.validate().map_err(ApiError::bad)?;
+    entry.validate().map_err(|e| ApiError::bad(e.to_string()))?;
     let applied = write(&ctx, Command::ConfigEntrySet { entry, cas }).await?;
     let ok = !matches!(applied.response, CmdResponse::Cas(false));
     Ok(write_json(&applied, &ok))

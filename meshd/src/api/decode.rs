@@ -23,6 +23,7 @@ use crate::duration::parse_go_duration;
 /// Every field name the API's request bodies use, spelled as Consul spells it.
 const CANONICAL: &[&str] = &[
     "Action",
+    "Add",
     "Address",
     "AliasNode",
     "AliasService",
@@ -32,16 +33,22 @@ const CANONICAL: &[&str] = &[
     "CheckID",
     "Checks",
     "Connect",
+    "ConnectTimeout",
     "CreateIndex",
     "Datacenter",
+    "DefaultSubset",
     "Definition",
     "DeregisterCriticalServiceAfter",
     "Description",
+    "Destination",
     "DestinationName",
     "DockerContainerID",
     "EnableTagOverride",
+    "Exact",
+    "Failover",
     "FailuresBeforeCritical",
     "FailuresBeforeWarning",
+    "Filter",
     "GRPC",
     "GRPCUseTLS",
     "H2PING",
@@ -49,42 +56,69 @@ const CANONICAL: &[&str] = &[
     "HTTP",
     "Header",
     "ID",
+    "IdleTimeout",
     "Interval",
+    "Invert",
     "Kind",
     "Limits",
     "LoadBalancer",
+    "Match",
     "MaxConnections",
     "MaxPendingConnects",
     "Meta",
     "Method",
+    "Methods",
     "ModifyIndex",
     "Name",
     "Namespace",
     "Node",
     "NodeMeta",
     "Notes",
+    "NumRetries",
     "OSService",
+    "OnlyPassing",
     "Output",
     "Partition",
     "Passing",
+    "PathExact",
+    "PathPrefix",
+    "PathRegex",
     "Policy",
     "Port",
+    "Prefix",
+    "PrefixRewrite",
+    "Present",
     "Protocol",
     "Proxy",
+    "QueryParam",
+    "Redirect",
+    "Regex",
+    "Remove",
+    "RequestHeaders",
+    "RequestTimeout",
+    "ResponseHeaders",
+    "RetryOnConnectFailure",
+    "RetryOnStatusCodes",
+    "Routes",
     "Script",
     "ScriptArgs",
     "Service",
     "ServiceID",
     "ServiceName",
+    "ServiceSubset",
     "ServiceTags",
     "Services",
+    "Set",
     "Shell",
     "SkipNodeUpdate",
     "SocketPath",
     "SourceName",
     "SourceType",
+    "Splits",
     "Status",
+    "Subsets",
     "SuccessBeforePassing",
+    "Suffix",
     "TCP",
     "TCPUseTLS",
     "TLSServerName",
@@ -92,15 +126,22 @@ const CANONICAL: &[&str] = &[
     "TTL",
     "TaggedAddresses",
     "Tags",
+    "Targets",
     "Timeout",
     "Type",
     "UDP",
     "Warning",
+    "Weight",
     "Weights",
 ];
 
-/// Fields whose value is user data, copied verbatim.
-const FREE_FORM: &[&str] = &["Meta", "NodeMeta", "Header", "Connect", "Proxy"];
+/// Fields whose value is user data, copied verbatim (`Add` and `Set` of config entries' header
+/// changes map header names to values).
+const FREE_FORM: &[&str] = &[
+    "Meta", "NodeMeta", "Header", "Connect", "Proxy", "Add", "Set",
+];
+/// Maps whose names are user data but whose values are objects with known fields.
+const NAMED_OBJECTS: &[&str] = &["TaggedAddresses", "Subsets", "Failover"];
 
 /// A key folded for comparison: lowercase, without `_` and `-`.
 fn fold(key: &str) -> String {
@@ -144,9 +185,12 @@ fn normalize_object(map: Map<String, Value>) -> Map<String, Value> {
         if is_exact {
             exact.push(canon);
         }
-        let value = if FREE_FORM.contains(&canon) {
+        let value = if canon == "Header" && value.is_array() {
+            // A service-router's header matchers, not a check's header map.
+            normalize_keys(value)
+        } else if FREE_FORM.contains(&canon) {
             value
-        } else if canon == "TaggedAddresses" {
+        } else if NAMED_OBJECTS.contains(&canon) {
             // The names are user data; each value (an address object) is not.
             match value {
                 Value::Object(m) => Value::Object(

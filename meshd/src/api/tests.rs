@@ -3,6 +3,7 @@
 mod agent_misc;
 mod blocking_http;
 mod connect_api;
+mod discovery_chain;
 mod kv_catalog;
 mod virtual_ips;
 
