@@ -402,7 +402,7 @@ pub fn policy(st: &State, service: &str) -> Policy {
 
 fn destination(node: &str, st: &State, name: &str, prev: Option<&Destination>) -> Destination {
     let defaults = st.config_entry(SERVICE_DEFAULTS, name);
-    let protocol = Protocol::parse(defaults.map_or("", |e| e.protocol.as_str()));
+    let protocol = Protocol::parse(st.protocol(name).as_str());
     let policy = policy(st, name);
     let mut loads = Loads::new();
     if let Some(p) = prev {

@@ -10,7 +10,9 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response, StatusCode};
 
+use super::chain::rewrite_path;
 use super::{error_response, Body};
+use registry::chain::HeaderMods;
 use crate::proxy::outbound::Call;
 
 /// The target id the route layer chose, for the client layer (a request extension).
@@ -75,7 +77,7 @@ where
         let Some(target) = decision.target else {
             let text = format!(
                 "no healthy endpoint of {} or its failover targets",
-                decision.chosen
+                decision.split.target
             );
             return Box::pin(async {
                 Ok(error_response(
@@ -86,7 +88,76 @@ where
             });
         };
         parts.extensions.insert(Chosen(target.id.clone()));
+        if let Some(p) = parts
+            .uri
+            .path_and_query()
+            .and_then(|p| rewrite_path(decision.route, p.as_str()))
+        {
+            let mut uri = parts.uri.clone().into_parts();
+            uri.path_and_query = p.parse().ok();
+            if let Ok(u) = http::Uri::from_parts(uri) {
+                parts.uri = u;
+            }
+        }
+        apply(&decision.route.request_headers, &mut parts.headers);
+        apply(&decision.split.request_headers, &mut parts.headers);
+        let response_mods = [
+            decision.route.response_headers.clone(),
+            decision.split.response_headers.clone(),
+        ];
         let fut = self.inner.call(Request::from_parts(parts, body));
-        Box::pin(fut)
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            for m in &response_mods {
+                apply(m, resp.headers_mut());
+            }
+            Ok(resp)
+        })
+    }
+}
+
+/// Applies a route's or split's header rules: `Set` replaces, `Add` appends, `Remove` deletes
+/// (a name or value that is not valid HTTP was refused when the entry was written; one that
+/// still is not is skipped).
+pub fn apply(mods: &HeaderMods, headers: &mut http::HeaderMap) {
+    use http::header::{HeaderName, HeaderValue};
+    let pair = |(n, v): &(String, String)| {
+        Some((
+            HeaderName::from_bytes(n.as_bytes()).ok()?,
+            HeaderValue::from_str(v).ok()?,
+        ))
+    };
+    for (n, v) in mods.set.iter().filter_map(pair) {
+        headers.insert(n, v);
+    }
+    for (n, v) in mods.add.iter().filter_map(pair) {
+        headers.append(n, v);
+    }
+    for n in &mods.remove {
+        if let Ok(n) = HeaderName::from_bytes(n.as_bytes()) {
+            headers.remove(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_rules_set_add_remove() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-a", "1".parse().unwrap());
+        h.insert("x-gone", "1".parse().unwrap());
+        let mods = HeaderMods {
+            add: vec![("x-a".into(), "2".into()), ("bad name".into(), "v".into())],
+            set: vec![("x-b".into(), "3".into())],
+            remove: vec!["x-gone".into()],
+        };
+        apply(&mods, &mut h);
+        let a: Vec<&str> = h.get_all("x-a").iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(a, ["1", "2"]);
+        assert_eq!(h["x-b"], "3");
+        assert!(!h.contains_key("x-gone"));
     }
 }
