@@ -39,6 +39,8 @@ pub enum CaError {
     InvalidTrustDomain(String),
     #[error("invalid node name {name:?}: {reason}")]
     InvalidNodeName { name: String, reason: &'static str },
+    #[error("invalid {0}")]
+    InvalidServiceName(#[from] crate::name::NameError),
     #[error("invalid datacenter {0:?}: use 1..=63 lowercase letters, digits, '-' or '_'")]
     InvalidDatacenter(String),
     #[error("invalid validity: {0} days (must be at least 1)")]
@@ -326,7 +328,7 @@ pub fn sign_service_csr(
     service: &str,
     ttl: std::time::Duration,
 ) -> Result<String, CaError> {
-    validate_node_name(service)?;
+    crate::name::validate_service_name(service)?;
     if ttl < MIN_LEAF_TTL {
         return Err(CaError::InvalidTtl(ttl));
     }
@@ -433,7 +435,9 @@ pub fn verify_leaf(ca_cert_pem: &str, leaf_pem: &str) -> Result<SpiffeId, CaErro
     Ok(id)
 }
 
-/// A node (or service) name: 1..=63 characters of `[A-Za-z0-9-_.]`, not starting with `-`.
+/// A node name: 1..=63 characters of `[A-Za-z0-9-_.]`, not starting with `-`. Certificates
+/// still parse service names with it; new ones are checked with the narrower
+/// [`crate::name::validate_service_name`].
 pub fn validate_node_name(name: &str) -> Result<(), CaError> {
     let bad = |reason| {
         Err(CaError::InvalidNodeName {
@@ -748,6 +752,10 @@ mod tests {
             "{summary:?}"
         );
         assert!(sign_service_csr(&ca, &csr, "bad name!", ttl).is_err());
+        // A name a node may have but a service may not: no certificate.
+        let e = sign_service_csr(&ca, &csr, "web.v2", ttl).expect_err("a dot");
+        assert!(matches!(e, CaError::InvalidServiceName(_)), "{e:?}");
+        assert!(e.to_string().contains("has '.' at position 4"), "{e}");
     }
 
     #[test]

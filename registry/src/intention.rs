@@ -92,6 +92,28 @@ impl Intention {
         Ok(())
     }
 
+    /// Checks the names as a new intention must have them: a service name (see
+    /// [`crate::name`]) or the `*` wildcard, and a node name for a `node` source. Called where
+    /// an intention enters (the API), not by [`Intention::normalize`]: a log entry written
+    /// under the older, wider rule must still apply the same way.
+    pub fn check_names(&self) -> Result<(), String> {
+        if self.source_name != WILDCARD {
+            let source = &self.source_name;
+            if self.source_type == SOURCE_NODE {
+                crate::ca::validate_node_name(source)
+                    .map_err(|e| format!("invalid SourceName {source:?}: {e}"))?;
+            } else {
+                crate::name::validate_service_name(source)
+                    .map_err(|e| format!("invalid SourceName: {e}"))?;
+            }
+        }
+        if self.destination_name != WILDCARD {
+            crate::name::validate_service_name(&self.destination_name)
+                .map_err(|e| format!("invalid DestinationName: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// Whether this intention is the one of that source/destination pair.
     pub fn same_pair(&self, source_type: &str, source: &str, destination: &str) -> bool {
         self.source_type == source_type
@@ -374,6 +396,40 @@ mod tests {
         );
         assert!(st.intentions().is_empty());
         assert_eq!(st.intentions_index(), 5);
+    }
+
+    #[test]
+    fn new_intentions_name_services_by_the_service_rule() {
+        let ok = |src: &str, dst: &str| intention("x", src, dst, Action::Allow).check_names();
+        assert_eq!(ok("web", "api"), Ok(()));
+        assert_eq!(ok("*", "*"), Ok(()));
+        assert_eq!(
+            ok("web.v2", "api"),
+            Err(
+                "invalid SourceName: service name \"web.v2\" has '.' at position 4: only \
+                 ASCII letters, digits, '-' and '_' are allowed"
+                    .into()
+            )
+        );
+        assert_eq!(
+            ok("web", ""),
+            Err("invalid DestinationName: service name is empty".into())
+        );
+        let e = ok("web", &"a".repeat(64)).expect_err("too long");
+        assert!(
+            e.starts_with("invalid DestinationName: service name"),
+            "{e}"
+        );
+        // A node source keeps the node rule, dots included.
+        let mut n = intention("x", "host-1.dc1", "api", Action::Allow);
+        n.source_type = SOURCE_NODE.into();
+        assert_eq!(n.check_names(), Ok(()));
+        n.source_name = "bad name".into();
+        assert!(n.check_names().is_err());
+        // Applying stays on the older rule, so old log entries replay the same.
+        let mut st = State::new();
+        let old = intention("a", "web.v2", "api", Action::Allow);
+        assert_eq!(set(&mut st, 1, old), Response::Done);
     }
 
     #[test]

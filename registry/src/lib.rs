@@ -5,6 +5,7 @@
 //! - [`command`]: the [`Command`]s a Raft log entry carries, and their [`Response`];
 //! - [`state`]: the tables and `apply`, with per-table, per-service and per-node indexes;
 //! - [`query`]: reads of the state and the index each reflects;
+//! - [`name`]: the rule every service name follows (DNS label, SPIFFE path segment);
 //! - [`intention`]: who may call whom, and the default policy;
 //! - [`config_entry`]: per-service settings (`service-defaults`, `service-router`,
 //!   `service-splitter`, `service-resolver`), validated at write;
@@ -26,6 +27,7 @@ pub mod feed;
 pub mod filter;
 pub mod intention;
 pub mod model;
+pub mod name;
 pub mod query;
 pub mod raft;
 pub mod state;
@@ -36,6 +38,8 @@ pub use command::{Command, Register, Response};
 pub use feed::{Feed, FeedEntry, FeedGap, DEFAULT_FEED_ENTRIES};
 pub use model::{CaRoot, Member, MemberRole, MemberStatus, VirtualIp};
 pub use model::{Check, CheckDefinition, KvEntry, Node, Service, ServiceAddress, Status, Weights};
+pub use model::{Connect, ConnectUpstream, SidecarProxy, SidecarService, Upstream};
+pub use name::{validate_service_name, NameError};
 pub use raft::{
     AdminError, Applied, Bootstrap, Consistency, LeaderInfo, OpenError, Peer, ReadError, Registry,
     RegistryConfig, WriteError,

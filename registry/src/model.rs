@@ -1,5 +1,5 @@
-//! The objects the registry stores: nodes, service instances, health checks, KV entries, cluster
-//! members, CA roots and virtual IPs.
+//! The objects the registry stores: nodes, service instances (with their `Connect` block, in
+//! [`connect`]), health checks, KV entries, cluster members, CA roots and virtual IPs.
 //!
 //! They serialize with Consul's JSON field names and casing, so the HTTP API can return them as
 //! they are. Every object carries `CreateIndex`/`ModifyIndex`: the Raft log index of the write
@@ -10,6 +10,12 @@ use std::net::Ipv4Addr;
 
 use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub mod connect;
+
+pub use connect::{
+    Connect, ConnectUpstream, SidecarProxy, SidecarService, Upstream, DEFAULT_BIND_ADDR,
+};
 
 /// Health status of a check, as Consul spells it.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -104,10 +110,15 @@ pub struct Service {
     /// Consul's `Proxy` block, kept verbatim for the data plane and echoed back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<serde_json::Value>,
-    /// Consul's `Connect` block, kept verbatim for the data plane and echoed back; its
-    /// `SidecarService.Proxy.Upstreams` are read by [`Service::upstreams`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connect: Option<serde_json::Value>,
+    /// Consul's `Connect` block; its `SidecarService.Proxy.Upstreams` are read by
+    /// [`Service::upstreams`]. Stored before it was typed, it reads leniently (see
+    /// [`connect`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "connect::stored_connect"
+    )]
+    pub connect: Option<Connect>,
     /// meshd's extension: the system user (name or uid) the service runs as. The data plane
     /// attributes a connection to a virtual IP to the local service of the caller's uid.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -116,59 +127,14 @@ pub struct Service {
     pub modify_index: u64,
 }
 
-/// An explicit upstream of a service: a local port whose connections go to `destination`,
-/// known to come from the registering service.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Upstream {
-    pub destination: String,
-    pub bind_addr: std::net::IpAddr,
-    pub bind_port: u16,
-}
-
 impl Service {
-    /// The upstreams of `Connect.SidecarService.Proxy.Upstreams` (`DestinationName`,
-    /// `LocalBindPort`, optional `LocalBindAddress`, default 127.0.0.1). An error names the
-    /// bad field.
-    pub fn upstreams(&self) -> Result<Vec<Upstream>, String> {
-        let Some(list) = self
-            .connect
+    /// The explicit upstreams of `Connect.SidecarService.Proxy.Upstreams` (see
+    /// [`Connect::upstreams`]).
+    pub fn upstreams(&self) -> Vec<Upstream> {
+        self.connect
             .as_ref()
-            .and_then(|c| c.get("SidecarService"))
-            .and_then(|s| s.get("Proxy"))
-            .and_then(|p| p.get("Upstreams"))
-        else {
-            return Ok(Vec::new());
-        };
-        let list = list
-            .as_array()
-            .ok_or("Connect.SidecarService.Proxy.Upstreams must be a list")?;
-        let mut out = Vec::with_capacity(list.len());
-        for (i, u) in list.iter().enumerate() {
-            let field = |name: &str| format!("Connect.SidecarService.Proxy.Upstreams[{i}].{name}");
-            let destination = u
-                .get("DestinationName")
-                .and_then(|d| d.as_str())
-                .filter(|d| !d.is_empty())
-                .ok_or_else(|| format!("{} must be a service name", field("DestinationName")))?;
-            let bind_port = u
-                .get("LocalBindPort")
-                .and_then(|p| p.as_u64())
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p != 0)
-                .ok_or_else(|| format!("{} must be a port 1..=65535", field("LocalBindPort")))?;
-            let bind_addr = match u.get("LocalBindAddress").and_then(|a| a.as_str()) {
-                None | Some("") => std::net::IpAddr::from([127, 0, 0, 1]),
-                Some(a) => a.parse().map_err(|_| {
-                    format!("{} {a:?} is not an IP address", field("LocalBindAddress"))
-                })?,
-            };
-            out.push(Upstream {
-                destination: destination.to_string(),
-                bind_addr,
-                bind_port,
-            });
-        }
-        Ok(out)
+            .map(Connect::upstreams)
+            .unwrap_or_default()
     }
 }
 

@@ -58,6 +58,7 @@ pub async fn leaf(
     Path(service): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
+    super::definition::validate_service_name("service", &service)?;
     let params = Params::parse(q.as_deref());
     let opts = QueryOptions::parse(&params)?;
     let Some(leaves) = ctx.leaves.get() else {

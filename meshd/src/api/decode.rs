@@ -6,207 +6,25 @@
 //! `deregister_critical_service_after`, ...), which clients such as py-consul send. Before
 //! deserializing, every key of a body is normalized (lowercased, `_` and `-` removed) and, when
 //! it names a known field, replaced by the canonical spelling. Keys inside free-form maps
-//! (`Meta`, `NodeMeta`, `Header`, `Connect`, `Proxy`, and the names of `TaggedAddresses`) are
-//! user data and are never touched; nor is the content of an unknown key.
+//! (`Meta`, `NodeMeta`, `Header`, `Proxy`, `Connect`'s `Config` maps, and the names of
+//! `TaggedAddresses`) are user data and are never touched; nor is the content of an unknown
+//! key. The typed `Connect` block is in [`connect`].
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::de::{self, DeserializeOwned, Deserializer};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::error::ApiError;
 use crate::duration::parse_go_duration;
 
-/// Every field name the API's request bodies use, spelled as Consul spells it.
-const CANONICAL: &[&str] = &[
-    "Action",
-    "Add",
-    "Address",
-    "AliasNode",
-    "AliasService",
-    "Args",
-    "Body",
-    "Check",
-    "CheckID",
-    "Checks",
-    "Connect",
-    "ConnectTimeout",
-    "CreateIndex",
-    "Datacenter",
-    "DefaultSubset",
-    "Definition",
-    "DeregisterCriticalServiceAfter",
-    "Description",
-    "Destination",
-    "DestinationName",
-    "DockerContainerID",
-    "EnableTagOverride",
-    "Exact",
-    "Failover",
-    "FailuresBeforeCritical",
-    "FailuresBeforeWarning",
-    "Filter",
-    "GRPC",
-    "GRPCUseTLS",
-    "H2PING",
-    "H2PingUseTLS",
-    "HTTP",
-    "Header",
-    "ID",
-    "IdleTimeout",
-    "Interval",
-    "Invert",
-    "Kind",
-    "Limits",
-    "LoadBalancer",
-    "Match",
-    "MaxConnections",
-    "MaxPendingConnects",
-    "Meta",
-    "Method",
-    "Methods",
-    "ModifyIndex",
-    "Name",
-    "Namespace",
-    "Node",
-    "NodeMeta",
-    "Notes",
-    "NumRetries",
-    "OSService",
-    "OnlyPassing",
-    "Output",
-    "Partition",
-    "Passing",
-    "PathExact",
-    "PathPrefix",
-    "PathRegex",
-    "Policy",
-    "Port",
-    "Prefix",
-    "PrefixRewrite",
-    "Present",
-    "Protocol",
-    "Proxy",
-    "QueryParam",
-    "Redirect",
-    "Regex",
-    "Remove",
-    "RequestHeaders",
-    "RequestTimeout",
-    "ResponseHeaders",
-    "RetryOnConnectFailure",
-    "RetryOnStatusCodes",
-    "Routes",
-    "Script",
-    "ScriptArgs",
-    "Service",
-    "ServiceID",
-    "ServiceName",
-    "ServiceSubset",
-    "ServiceTags",
-    "Services",
-    "Set",
-    "Shell",
-    "SkipNodeUpdate",
-    "SocketPath",
-    "SourceName",
-    "SourceType",
-    "Splits",
-    "Status",
-    "Subsets",
-    "SuccessBeforePassing",
-    "Suffix",
-    "TCP",
-    "TCPUseTLS",
-    "TLSServerName",
-    "TLSSkipVerify",
-    "TTL",
-    "TaggedAddresses",
-    "Tags",
-    "Targets",
-    "Timeout",
-    "Type",
-    "UDP",
-    "Warning",
-    "Weight",
-    "Weights",
-];
+pub mod connect;
+mod keys;
 
-/// Fields whose value is user data, copied verbatim (`Add` and `Set` of config entries' header
-/// changes map header names to values).
-const FREE_FORM: &[&str] = &[
-    "Meta", "NodeMeta", "Header", "Connect", "Proxy", "Add", "Set",
-];
-/// Maps whose names are user data but whose values are objects with known fields.
-const NAMED_OBJECTS: &[&str] = &["TaggedAddresses", "Subsets", "Failover"];
-
-/// A key folded for comparison: lowercase, without `_` and `-`.
-fn fold(key: &str) -> String {
-    key.chars()
-        .filter(|c| *c != '_' && *c != '-')
-        .flat_map(char::to_lowercase)
-        .collect()
-}
-
-/// The canonical spelling of a request key, if it names a known field.
-pub fn canonical(key: &str) -> Option<&'static str> {
-    static TABLE: OnceLock<HashMap<String, &'static str>> = OnceLock::new();
-    TABLE
-        .get_or_init(|| CANONICAL.iter().map(|c| (fold(c), *c)).collect())
-        .get(&fold(key))
-        .copied()
-}
-
-/// Rewrites the keys of a parsed body to their canonical spelling (see the module doc).
-pub fn normalize_keys(v: Value) -> Value {
-    match v {
-        Value::Object(map) => Value::Object(normalize_object(map)),
-        Value::Array(items) => Value::Array(items.into_iter().map(normalize_keys).collect()),
-        other => other,
-    }
-}
-
-fn normalize_object(map: Map<String, Value>) -> Map<String, Value> {
-    let mut out = Map::new();
-    // Canonical keys that were given in their exact spelling: they win over an alias.
-    let mut exact: Vec<&'static str> = Vec::new();
-    for (key, value) in map {
-        let Some(canon) = canonical(&key) else {
-            out.insert(key, value);
-            continue;
-        };
-        let is_exact = key == canon;
-        if out.contains_key(canon) && (!is_exact || exact.contains(&canon)) {
-            continue;
-        }
-        if is_exact {
-            exact.push(canon);
-        }
-        let value = if canon == "Header" && value.is_array() {
-            // A service-router's header matchers, not a check's header map.
-            normalize_keys(value)
-        } else if FREE_FORM.contains(&canon) {
-            value
-        } else if NAMED_OBJECTS.contains(&canon) {
-            // The names are user data; each value (an address object) is not.
-            match value {
-                Value::Object(m) => Value::Object(
-                    m.into_iter()
-                        .map(|(name, addr)| (name, normalize_keys(addr)))
-                        .collect(),
-                ),
-                other => other,
-            }
-        } else {
-            normalize_keys(value)
-        };
-        out.insert(canon.to_string(), value);
-    }
-    out
-}
+pub use connect::ConnectDef;
+pub use keys::{canonical, normalize_keys};
 
 /// Parses a request body as JSON. `what` names the body in errors.
 pub fn parse_json(body: &[u8], what: &str) -> Result<Value, ApiError> {
@@ -374,7 +192,7 @@ pub struct ServiceDef {
     pub check: Option<CheckDef>,
     pub checks: Option<Vec<CheckDef>>,
     pub proxy: Option<Value>,
-    pub connect: Option<Value>,
+    pub connect: Option<ConnectDef>,
     pub socket_path: Option<String>,
     /// meshd's extension: the system user the service runs as (see `Service::user`).
     pub user: Option<String>,
@@ -541,7 +359,7 @@ mod tests {
                 "TaggedAddresses": {"lan_ipv4": {"Address": "10.0.0.1", "Port": 80}},
                 "Check": {"HTTP": "http://x/", "Interval": "10s",
                           "Header": {"x_custom_header": ["a"]}},
-                "Connect": {"sidecar_service": {"port": 1}},
+                "Connect": {"SidecarService": {"Port": 1}},
                 "Checks": [{"TTL": "5s", "CheckID": "c1"}],
                 "unknown_thing": {"inner_key": 1}
             })

@@ -1,16 +1,19 @@
 //! Validation of decoded requests and their translation into registry objects: names and IDs,
-//! meta, services, and health checks (type, durations, defaults).
+//! meta, services (their `Connect` block in [`connect`]), and health checks (type, durations,
+//! defaults).
 
 use std::collections::BTreeMap;
 
 use registry::{Check, CheckDefinition, Service, ServiceAddress, Status, Weights};
-use serde_json::Value;
 
 use super::decode::{CheckDef, ServiceDef, WeightsDef};
 use super::error::ApiError;
 use crate::duration::format_go_duration;
 
-/// Longest name or ID (service, node, check, tag), in bytes.
+pub mod connect;
+
+/// Longest name or ID (service ID, node, check, tag), in bytes. Service names are shorter:
+/// [`registry::name::MAX_SERVICE_NAME_LEN`].
 pub const MAX_NAME_LEN: usize = 512;
 /// Longest KV key, in bytes.
 pub const MAX_KEY_LEN: usize = 2048;
@@ -44,7 +47,7 @@ pub fn validate_name(what: &str, s: &str) -> Result<(), ApiError> {
     no_control(what, s)
 }
 
-/// A service name or ID, or a node name: a name (see [`validate_name`]) without whitespace,
+/// A service ID or a node name: a name (see [`validate_name`]) without whitespace,
 /// `/`, `\\` or `?`, so that it is one URL path segment.
 pub fn validate_ident(what: &str, s: &str) -> Result<(), ApiError> {
     validate_name(what, s)?;
@@ -57,6 +60,13 @@ pub fn validate_ident(what: &str, s: &str) -> Result<(), ApiError> {
         ))),
         None => Ok(()),
     }
+}
+
+/// A service name, by the one rule of [`registry::name`]; `field` names where it was given
+/// (`Name`, `Service`, ...).
+pub fn validate_service_name(field: &str, name: &str) -> Result<(), ApiError> {
+    registry::validate_service_name(name)
+        .map_err(|e| ApiError::bad(format!("invalid {field}: {e}")))
 }
 
 /// A check ID: a name (see [`validate_name`]) without `/` or `?`, so that
@@ -170,13 +180,14 @@ fn weights(w: Option<&WeightsDef>) -> Result<Weights, ApiError> {
 
 /// Builds the service instance of a definition; its ID defaults to its name.
 pub fn build_service(def: &ServiceDef) -> Result<Service, ApiError> {
-    let name = def
-        .name
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .or(def.service.as_deref())
-        .unwrap_or("");
-    validate_ident("service name", name)?;
+    let (field, name) = match def.name.as_deref().filter(|n| !n.is_empty()) {
+        Some(n) => ("Name", n),
+        None => ("Service", def.service.as_deref().unwrap_or("")),
+    };
+    if name.is_empty() {
+        return Err(ApiError::bad("Missing service name (Name)"));
+    }
+    validate_service_name(field, name)?;
     let id = def.id.as_deref().filter(|i| !i.is_empty()).unwrap_or(name);
     validate_ident("service ID", id)?;
     let kind = def.kind.clone().unwrap_or_default();
@@ -223,7 +234,7 @@ pub fn build_service(def: &ServiceDef) -> Result<Service, ApiError> {
             },
         );
     }
-    let verbatim = |v: &Option<Value>| v.clone().filter(|v| !v.is_null());
+    let proxy = def.proxy.clone().filter(|v| !v.is_null());
     let user = def.user.clone().unwrap_or_default();
     no_control("User", &user)?;
     let service = Service {
@@ -237,13 +248,16 @@ pub fn build_service(def: &ServiceDef) -> Result<Service, ApiError> {
         tagged_addresses: tagged,
         weights: weights(def.weights.as_ref())?,
         enable_tag_override: def.enable_tag_override.unwrap_or(false),
-        proxy: verbatim(&def.proxy),
-        connect: verbatim(&def.connect),
+        proxy,
+        connect: def
+            .connect
+            .as_ref()
+            .map(connect::build_connect)
+            .transpose()?,
         user,
         create_index: 0,
         modify_index: 0,
     };
-    service.upstreams().map_err(ApiError::bad)?;
     Ok(service)
 }
 

@@ -63,6 +63,7 @@ impl IntentionBody {
             meta: self.meta.unwrap_or_default(),
             ..Intention::default()
         };
+        i.check_names().map_err(ApiError::bad)?;
         i.normalize().map_err(ApiError::bad)?;
         Ok(i)
     }

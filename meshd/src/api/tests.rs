@@ -5,6 +5,7 @@ mod blocking_http;
 mod connect_api;
 mod discovery_chain;
 mod kv_catalog;
+mod service_names;
 mod virtual_ips;
 
 use std::collections::BTreeMap;
@@ -312,8 +313,8 @@ async fn bad_registrations_are_400_and_change_nothing() {
         (r#"{"Name": "x", "Port": 70000}"#, "out of range"),
         (r#"{"Name": "x", "Port": "80"}"#, "Port"),
         (r#"{"Name": "x", "Tags": "a"}"#, "Tags"),
-        (r#"{"Name": "x\u0001y"}"#, "control character"),
-        (r#"{"Name": "bad name/with slash"}"#, "invalid service name"),
+        (r#"{"Name": "x\u0001y"}"#, "invalid Name"),
+        (r#"{"Name": "bad name/with slash"}"#, "invalid Name"),
         (r#"{"Name": "x", "ID": "a/b"}"#, "invalid service ID"),
         (
             r#"{"Name": "x", "Check": {"TTL": "5s", "CheckID": "a?b"}}"#,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use registry::{Check, Node, Service, ServiceAddress, Weights};
+use registry::{Check, Connect, Node, Service, ServiceAddress, Weights};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -34,7 +34,7 @@ pub struct AgentService {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub connect: Option<Value>,
+    pub connect: Option<Connect>,
     #[serde(skip_serializing_if = "is_zero")]
     pub create_index: u64,
     #[serde(skip_serializing_if = "is_zero")]
@@ -87,7 +87,8 @@ pub struct CatalogService {
     pub service_port: u16,
     pub service_enable_tag_override: bool,
     pub service_proxy: Value,
-    pub service_connect: Value,
+    /// `{}` when the service has no block, as Consul shows it.
+    pub service_connect: Connect,
     pub create_index: u64,
     pub modify_index: u64,
 }
@@ -113,7 +114,7 @@ impl CatalogService {
             service_port: s.port,
             service_enable_tag_override: s.enable_tag_override,
             service_proxy: s.proxy.clone().unwrap_or_else(empty),
-            service_connect: s.connect.clone().unwrap_or_else(empty),
+            service_connect: s.connect.clone().unwrap_or_default(),
             create_index: s.create_index,
             modify_index: s.modify_index,
         }

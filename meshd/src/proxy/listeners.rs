@@ -65,7 +65,7 @@ fn upstreams(inner: &Inner) -> BTreeMap<SocketAddr, Listen> {
     let mut out = BTreeMap::new();
     for svc in st.node_services(&inner.node) {
         // Bad upstreams were refused at registration; an old entry is skipped.
-        for u in svc.upstreams().unwrap_or_default() {
+        for u in svc.upstreams() {
             out.insert(
                 SocketAddr::new(u.bind_addr, u.bind_port),
                 Listen::Upstream {
