@@ -172,30 +172,6 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
     found.then_some(sum)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_metric_values() {
-        let text = "# HELP meshd_api_blocking_queries Waiting blocking queries.\n\
-                    # TYPE meshd_api_blocking_queries gauge\n\
-                    meshd_api_blocking_queries 3\n\
-                    meshd_api_blocking_queries_total 9\n\
-                    meshd_api_requests_total{route=\"/v1/kv\",code=\"200\"} 2\n\
-                    meshd_api_requests_total{route=\"/v1/agent\",code=\"200\"} 5\n";
-        assert_eq!(metric_value(text, "meshd_api_blocking_queries"), Some(3.0));
-        assert_eq!(metric_value(text, "meshd_api_requests_total"), Some(7.0));
-        assert_eq!(metric_value(text, "nope"), None);
-    }
-
-    #[test]
-    fn counts_own_fds() {
-        let n = open_fds(std::process::id()).expect("read /proc/self/fd");
-        assert!(n >= 3, "{n}");
-    }
-}
-
 /// `VmRSS` of process `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -237,5 +213,29 @@ impl RssSampler {
 impl Drop for RssSampler {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_metric_values() {
+        let text = "# HELP meshd_api_blocking_queries Waiting blocking queries.\n\
+                    # TYPE meshd_api_blocking_queries gauge\n\
+                    meshd_api_blocking_queries 3\n\
+                    meshd_api_blocking_queries_total 9\n\
+                    meshd_api_requests_total{route=\"/v1/kv\",code=\"200\"} 2\n\
+                    meshd_api_requests_total{route=\"/v1/agent\",code=\"200\"} 5\n";
+        assert_eq!(metric_value(text, "meshd_api_blocking_queries"), Some(3.0));
+        assert_eq!(metric_value(text, "meshd_api_requests_total"), Some(7.0));
+        assert_eq!(metric_value(text, "nope"), None);
+    }
+
+    #[test]
+    fn counts_own_fds() {
+        let n = open_fds(std::process::id()).expect("read /proc/self/fd");
+        assert!(n >= 3, "{n}");
     }
 }
