@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # Data-plane benchmark: a client host A and a server host B (two network namespaces joined by a
 # veth pair), the same HTTP backend on B (tests/src/bin/benchserver.rs: 100-byte answers,
-# keep-alive; GET /bulk streams BULK_BYTES), reached from A three ways, side by side:
-#   direct   wrk on A -> B's address (plain TCP, no proxy)
-#   haproxy  wrk on A -> HAProxy on A -> TLS 1.3 mutual TLS (EC P-256) -> HAProxy on B ->
-#            127.0.0.1 on B (Debian haproxy, nbthread 2 each)
-#   meshd    wrk on A -> `api`'s virtual IP on A -> meshd on A -> QUIC mutual TLS -> meshd on
-#            B -> 127.0.0.1 on B (a meshd server on A, an agent on B)
-# For each: wrk requests/s and p50/p99 latency at CONNS connections, then one bulk download of
-# BULK_BYTES through it (curl). meshd's RSS (both hosts) idle and the most seen under load.
+# keep-alive; GET /bulk streams BULK_BYTES), reached from A five ways, side by side:
+#   direct        wrk on A -> B's address (plain TCP, no proxy)
+#   haproxy       wrk on A -> HAProxy on A -> TLS 1.3 mutual TLS (EC P-256) -> HAProxy on B ->
+#                 127.0.0.1 on B (Debian haproxy, nbthread 2 each; mode tcp)
+#   haproxy_http  the same two hops in mode http: keep-alive on every hop (http-reuse always
+#                 between the hops), each request balanced (roundrobin) over two backends on
+#                 B (127.0.0.1:8080 and 127.0.0.1:8081)
+#   meshd         wrk on A -> `api`'s virtual IP on A -> meshd on A -> QUIC mutual TLS -> meshd
+#                 on B -> 127.0.0.1 on B (a meshd server on A, an agent on B)
+#   meshd_l7      the same path to `apil7`, whose service-defaults say Protocol "http" (meshd
+#                 proxies it at layer 7), two instances on B (127.0.0.1:8080, 127.0.0.2:8080)
+# For each: wrk requests/s and p50/p99 latency at one connection (-t1 -c1) and at CONNS
+# connections, then one bulk download of BULK_BYTES through it (curl). meshd's RSS (both
+# hosts) idle and the most seen under load.
 #
 # Usage: tests/bench/mesh.sh   (root: network namespaces)
 # Env:   DURATION=10  seconds per wrk run     CONNS="32 256"   wrk connections
 #        ROUNDS=1     repetitions, variant order alternating   BULK_BYTES=1073741824
-#        VARIANTS="direct haproxy meshd"
+#        VARIANTS="direct haproxy haproxy_http meshd meshd_l7"
 # Prints one JSON line per run, then a Markdown summary with the ratios. Not run by CI; every
 # run is bounded by DURATION (wrk) or a timeout (bulk); everything it starts and the
 # namespaces are removed on exit, also on failure.
@@ -23,12 +29,16 @@ DURATION="${DURATION:-10}"
 CONNS="${CONNS:-32 256}"
 ROUNDS="${ROUNDS:-1}"
 BULK_BYTES="${BULK_BYTES:-1073741824}"
-VARIANTS="${VARIANTS:-direct haproxy meshd}"
+VARIANTS="${VARIANTS:-direct haproxy haproxy_http meshd meshd_l7}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 
 log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'mesh.sh: %s\n' "$*" >&2; exit 1; }
+has() { [[ " $VARIANTS " == *" $1 "* ]]; } # has VARIANT: is it one of VARIANTS
+for v in $VARIANTS; do
+    case $v in direct | haproxy | haproxy_http | meshd | meshd_l7) ;; *) die "unknown variant $v" ;; esac
+done
 [[ $(id -u) -eq 0 ]] || die "needs root (network namespaces)"
 
 need=()
@@ -39,8 +49,12 @@ if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk haproxy curl openssl >/dev/null
 fi
 
-log "building meshd, meshctl and benchserver (release)"
-cargo build --release -q -p meshd -p meshctl
+if has meshd || has meshd_l7; then
+    log "building meshd, meshctl and benchserver (release)"
+    cargo build --release -q -p meshd -p meshctl
+else
+    log "building benchserver (release)"
+fi
 cargo build --release -q -p tests --bin benchserver
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 log "commit $(git rev-parse --short HEAD), $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores"
@@ -94,9 +108,20 @@ bg "$NB" "$WORK/backend.log" env BULK_BYTES="$BULK_BYTES" "$BIN/benchserver" 127
 bg "$NB" "$WORK/backend-direct.log" env BULK_BYTES="$BULK_BYTES" "$BIN/benchserver" "$IPB:8080"
 wait_port "$NB" 127.0.0.1 8080
 wait_port "$NB" "$IPB" 8080
+# The second backend of the layer-7 variants: haproxy_http balances over 127.0.0.1:8080 and
+# :8081, meshd_l7 over 127.0.0.1:8080 and 127.0.0.2:8080 (a virtual IP's port is its
+# instances' port).
+if has haproxy_http; then
+    bg "$NB" "$WORK/backend-8081.log" env BULK_BYTES="$BULK_BYTES" "$BIN/benchserver" 127.0.0.1:8081
+    wait_port "$NB" 127.0.0.1 8081
+fi
+if has meshd_l7; then
+    bg "$NB" "$WORK/backend-2.log" env BULK_BYTES="$BULK_BYTES" "$BIN/benchserver" 127.0.0.2:8080
+    wait_port "$NB" 127.0.0.2 8080
+fi
 
 # --- HAProxy chain ----------------------------------------------------------------------------
-if [[ $VARIANTS == *haproxy* ]]; then
+if has haproxy || has haproxy_http; then
     P="$WORK/pki"
     mkdir -p "$P"
     ec() { openssl ecparam -name prime256v1 -genkey -noout -out "$1" 2>/dev/null; }
@@ -141,15 +166,69 @@ frontend tls
 backend app
     server app 127.0.0.1:8080
 EOF
+fi
+if has haproxy; then
     bg "$NB" "$WORK/haproxy-b.log" haproxy -db -f "$WORK/haproxy-b.cfg"
     bg "$NA" "$WORK/haproxy-a.log" haproxy -db -f "$WORK/haproxy-a.cfg"
     wait_port "$NB" "$IPB" 9443
     wait_port "$NA" 127.0.0.1 9000
 fi
+if has haproxy_http; then
+    # mode http on both hops: A's HAProxy keeps its TLS connections to B open and shares them
+    # between client connections (http-reuse always); B's balances every request (no
+    # prefer-last-server) over the two backends, on kept-alive connections to them.
+    cat >"$WORK/haproxy-a-http.cfg" <<EOF
+global
+    nbthread 2
+    ssl-default-server-ciphersuites TLS_AES_128_GCM_SHA256
+    ssl-default-server-options ssl-min-ver TLSv1.3
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+frontend in_http
+    bind 127.0.0.1:9100
+    default_backend chain_http
+backend chain_http
+    server b $IPB:9444 ssl crt $P/client.pem ca-file $P/ca.pem verify required alpn http/1.1
+EOF
+    cat >"$WORK/haproxy-b-http.cfg" <<EOF
+global
+    nbthread 2
+    ssl-default-bind-options ssl-min-ver TLSv1.3
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+frontend tls_http
+    bind $IPB:9444 ssl crt $P/server.pem ca-file $P/ca.pem verify required alpn http/1.1
+    default_backend app_http
+backend app_http
+    balance roundrobin
+    server app1 127.0.0.1:8080
+    server app2 127.0.0.1:8081
+EOF
+    bg "$NB" "$WORK/haproxy-b-http.log" haproxy -db -f "$WORK/haproxy-b-http.cfg"
+    bg "$NA" "$WORK/haproxy-a-http.log" haproxy -db -f "$WORK/haproxy-a-http.cfg"
+    wait_port "$NB" "$IPB" 9444
+    wait_port "$NA" 127.0.0.1 9100
+fi
 
 # --- meshd: a server on A, an agent on B ------------------------------------------------------
-MESHD_A="" MESHD_B="" VIP=""
-if [[ $VARIANTS == *meshd* ]]; then
+MESHD_A="" MESHD_B="" VIP="" VIP_L7=""
+vip_of() { # vip_of SERVICE: its virtual IP as A sees it, or nothing yet
+    inA curl -sf 127.0.0.1:8500/v1/mesh/virtual-ips 2>/dev/null |
+        python3 -c 'import sys,json; print(next((v["IP"] for v in json.load(sys.stdin)["VirtualIPs"] if v["Service"]==sys.argv[1]),""))' "$1" 2>/dev/null || true
+}
+if has meshd || has meshd_l7; then
     T="$WORK/tls"
     mkdir -p "$T"
     (cd "$T" && "$BIN/meshctl" tls ca create >/dev/null && \
@@ -195,12 +274,27 @@ EOF
         sleep 0.2
     done
     for _ in $(seq 1 100); do
-        VIP=$(inA curl -sf 127.0.0.1:8500/v1/mesh/virtual-ips 2>/dev/null |
-            python3 -c 'import sys,json; print(next((v["IP"] for v in json.load(sys.stdin)["VirtualIPs"] if v["Service"]=="api"),""))' 2>/dev/null || true)
+        VIP=$(vip_of api)
         [[ -n $VIP ]] && inA curl -sf -m 2 "http://$VIP:8080/" >/dev/null 2>&1 && break
         sleep 0.3
     done
     inA curl -sf -m 5 "http://$VIP:8080/" >/dev/null || die "api's virtual IP does not answer on A (see $WORK)"
+fi
+if has meshd_l7; then
+    inA curl -sf -X PUT 127.0.0.1:8500/v1/config \
+        -d '{"Kind":"service-defaults","Name":"apil7","Protocol":"http"}' >/dev/null ||
+        die "service-defaults for apil7 refused (see $WORK)"
+    for i in 1 2; do
+        inB curl -sf -X PUT 127.0.0.1:8500/v1/agent/service/register \
+            -d "{\"ID\":\"apil7-$i\",\"Name\":\"apil7\",\"Port\":8080,\"Address\":\"127.0.0.$i\"}" \
+            >/dev/null || die "register apil7-$i (see $WORK)"
+    done
+    for _ in $(seq 1 100); do
+        VIP_L7=$(vip_of apil7)
+        [[ -n $VIP_L7 ]] && inA curl -sf -m 2 "http://$VIP_L7:8080/" >/dev/null 2>&1 && break
+        sleep 0.3
+    done
+    inA curl -sf -m 5 "http://$VIP_L7:8080/" >/dev/null || die "apil7's virtual IP does not answer on A (see $WORK)"
 fi
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -231,7 +325,9 @@ url_of() {
     case $1 in
         direct) echo "http://$IPB:8080" ;;
         haproxy) echo "http://127.0.0.1:9000" ;;
+        haproxy_http) echo "http://127.0.0.1:9100" ;;
         meshd) echo "http://$VIP:8080" ;;
+        meshd_l7) echo "http://$VIP_L7:8080" ;;
     esac
 }
 to_ms() { # wrk latency value (123.45us, 1.23ms, 1.2s) to ms
@@ -239,9 +335,10 @@ to_ms() { # wrk latency value (123.45us, 1.23ms, 1.2s) to ms
 }
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
-run_wrk() { # run_wrk VARIANT CONNS ROUND
-    local out rps p50 p99
-    out=$(inA wrk -t2 -c"$2" -d"${DURATION}s" --latency "$(url_of "$1")/" 2>&1) || die "wrk $1: $out"
+run_wrk() { # run_wrk VARIANT CONNS ROUND (one connection: one wrk thread)
+    local out rps p50 p99 threads=2
+    (($2 < 2)) && threads=1
+    out=$(inA wrk -t"$threads" -c"$2" -d"${DURATION}s" --latency "$(url_of "$1")/" 2>&1) || die "wrk $1: $out"
     rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
     p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
     p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
@@ -266,7 +363,7 @@ for r in $(seq 1 "$ROUNDS"); do
         for ((i = ${#V[@]} - 1; i >= 0; i--)); do order+=("${V[i]}"); done
     fi
     for v in "${order[@]}"; do
-        for c in $CONNS; do run_wrk "$v" "$c" "$r"; done
+        for c in 1 $CONNS; do run_wrk "$v" "$c" "$r"; done
         run_bulk "$v" "$r"
     done
 done
@@ -276,7 +373,7 @@ if [[ -n $MESHD_A ]]; then
         "$IDLE_A" "$IDLE_B" "$MAX_A" "$MAX_B" | tee -a "$RESULTS"
 fi
 
-python3 - "$RESULTS" "$CONNS" <<'EOF'
+python3 - "$RESULTS" "1 $CONNS" <<'EOF'
 import json, sys, statistics
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 conns = [int(c) for c in sys.argv[2].split()]
@@ -286,20 +383,22 @@ def med(v, c, k):
 def bulk(v):
     xs = [r["bulk_mib_s"] for r in rows if r.get("variant") == v and "bulk_mib_s" in r]
     return statistics.median(xs) if xs else None
-vs = [v for v in ["direct", "haproxy", "meshd"] if any(r.get("variant") == v for r in rows)]
+vs = [v for v in ["direct", "haproxy", "haproxy_http", "meshd", "meshd_l7"] if any(r.get("variant") == v for r in rows)]
 print("\n| variant | " + " | ".join(f"{c} conns: req/s, p50, p99 ms" for c in conns) + " | bulk MiB/s |")
 print("|---|" + "---|" * (len(conns) + 1))
 for v in vs:
     cells = [f"{med(v,c,'rps'):,.0f}, {med(v,c,'p50_ms'):.3f}, {med(v,c,'p99_ms'):.3f}" for c in conns]
     print(f"| {v} | " + " | ".join(cells) + f" | {bulk(v):,.0f} |")
-if "meshd" in vs and "haproxy" in vs:
-    for c in conns:
-        print(f"\nmeshd/haproxy at {c} conns: req/s {med('meshd',c,'rps')/med('haproxy',c,'rps'):.2f}x, "
-              f"p99 {med('meshd',c,'p99_ms')/med('haproxy',c,'p99_ms'):.2f}x")
-    print(f"meshd/haproxy bulk: {bulk('meshd')/bulk('haproxy'):.2f}x")
-if "meshd" in vs and "direct" in vs:
-    for c in conns:
-        print(f"meshd/direct at {c} conns: req/s {med('meshd',c,'rps')/med('direct',c,'rps'):.2f}x")
+for m, h in [("meshd", "haproxy"), ("meshd_l7", "haproxy_http")]:
+    if m in vs and h in vs:
+        for c in conns:
+            print(f"\n{m}/{h} at {c} conns: req/s {med(m,c,'rps')/med(h,c,'rps'):.2f}x, "
+                  f"p50 {med(m,c,'p50_ms')/med(h,c,'p50_ms'):.2f}x, p99 {med(m,c,'p99_ms')/med(h,c,'p99_ms'):.2f}x")
+        print(f"{m}/{h} bulk: {bulk(m)/bulk(h):.2f}x")
+for m in ["meshd", "meshd_l7"]:
+    if m in vs and "direct" in vs:
+        for c in conns:
+            print(f"{m}/direct at {c} conns: req/s {med(m,c,'rps')/med('direct',c,'rps'):.2f}x")
 rss = [r["meshd_rss_kib"] for r in rows if "meshd_rss_kib" in r]
 if rss:
     r = rss[-1]

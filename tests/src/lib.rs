@@ -18,6 +18,10 @@
 //! - [`netns`]: [`netns::Net`], hosts in network namespaces on a bridge (a mesh link that a
 //!   test cuts or partitions, a control link the test talks HTTP over), removed on drop.
 //! - [`mesh`]: data-plane test servers (named HTTP, echo) and clients inside a namespace.
+//! - [`l7`]: [`l7::L7Mesh`], the layer-7 tests' cluster: `api` v1/v2 instances of the L7
+//!   backend (`src/bin/l7backend.rs`), config entries, curl batches inside a namespace, the
+//!   Python gRPC/WebSocket peers (`tests/python-tools/`), RSS sampling.
+//! - [`pattern`]: the deterministic byte stream the L7 backend serves and the tests upload.
 //! - [`meshctl`]: running the built meshctl against an agent and checking its output.
 //! - [`cluster`]: [`cluster::Cluster`], servers and agents with their TLS files and configs,
 //!   one per namespace: start, SIGKILL, restart, cut, leave, and helpers for their APIs.
@@ -38,6 +42,7 @@ pub mod cluster;
 pub mod dig;
 pub mod dump;
 pub mod http;
+pub mod l7;
 pub mod lincheck;
 pub mod linrun;
 pub mod mesh;
@@ -45,6 +50,7 @@ pub mod meshctl;
 pub mod meshd;
 pub mod nemesis;
 pub mod netns;
+pub mod pattern;
 pub mod raw;
 pub mod sys;
 pub mod wait;

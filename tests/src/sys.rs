@@ -1,6 +1,7 @@
 //! Process-level facts the scale tests need: the open-file limit, a process's open file
 //! descriptors and listening sockets, the `sk_lookup` programs attached in a network
-//! namespace, and values from Prometheus text.
+//! namespace, values from Prometheus text, and resident memory ([`rss_kib`], [`RssSampler`]:
+//! the most a process held while a transfer ran).
 
 use std::path::PathBuf;
 
@@ -169,6 +170,50 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
         }
     }
     found.then_some(sum)
+}
+
+/// `VmRSS` of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Samples the RSS of some processes every 100 ms until dropped, keeping each one's maximum.
+pub struct RssSampler {
+    max: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssSampler {
+    pub fn start(pids: Vec<u32>) -> RssSampler {
+        let max = std::sync::Arc::new(std::sync::Mutex::new(vec![0u64; pids.len()]));
+        let m = max.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                for (i, pid) in pids.iter().enumerate() {
+                    let kib = rss_kib(*pid).unwrap_or(0);
+                    let mut m = m.lock().expect("RSS maxima");
+                    m[i] = m[i].max(kib);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        });
+        RssSampler { max, task }
+    }
+
+    /// The largest RSS (KiB) seen of each process, in the order given.
+    pub fn max_kib(&self) -> Vec<u64> {
+        self.max.lock().expect("RSS maxima").clone()
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 #[cfg(test)]
