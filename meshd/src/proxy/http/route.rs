@@ -106,14 +106,20 @@ where
             decision.split.response_headers.clone(),
         ];
         let fut = self.inner.call(Request::from_parts(parts, body));
-        Box::pin(async move {
-            let mut resp = fut.await?;
-            for m in &response_mods {
-                apply(m, resp.headers_mut());
-            }
-            Ok(resp)
-        })
+        Box::pin(respond(fut, response_mods))
     }
+}
+
+/// The response, with the route's and split's response header rules applied.
+async fn respond<F>(fut: F, mods: [HeaderMods; 2]) -> Result<Response<Body>, Infallible>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    let mut resp = fut.await?;
+    let [a, b] = mods;
+    apply(&a, resp.headers_mut());
+    apply(&b, resp.headers_mut());
+    Ok(resp)
 }
 
 /// Applies a route's or split's header rules: `Set` replaces, `Add` appends, `Remove` deletes
