@@ -75,7 +75,8 @@ pub enum Command {
     /// The mesh CA: list the roots, rotate to a new one.
     #[command(subcommand)]
     Ca(CaCommand),
-    /// Config entries (`service-defaults`): write, read, list, delete.
+    /// Config entries (service-defaults, service-router, service-splitter, service-resolver):
+    /// write, read, list, delete; and a service's compiled discovery chain.
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Make the local agent reload its configuration and service definitions.
@@ -129,12 +130,13 @@ pub enum CaCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
-    /// Write the config entry in FILE (JSON; `-` reads stdin).
+    /// Write the config entry in FILE (JSON, any kind; `-` reads stdin).
     Write {
         #[arg(value_hint = ValueHint::FilePath)]
         file: PathBuf,
     },
-    /// Show one config entry.
+    /// Show one config entry (--kind service-defaults, service-router, service-splitter or
+    /// service-resolver).
     Read {
         #[arg(long)]
         kind: String,
@@ -153,6 +155,9 @@ pub enum ConfigCommand {
         #[arg(long)]
         name: String,
     },
+    /// Show the discovery chain compiled for SERVICE: its routes, their weighted splits, and
+    /// the targets (subset filters, failover).
+    Chain { service: String },
 }
 
 #[derive(Subcommand, Debug)]

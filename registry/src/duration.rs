@@ -55,12 +55,11 @@ pub fn format(d: Duration) -> String {
     if ms == 0 && !d.is_zero() {
         return format!("{}ns", d.as_nanos());
     }
-    if ms % 1000 != 0 || ms == 0 {
-        return if ms == 0 {
-            "0s".into()
-        } else {
-            format!("{ms}ms")
-        };
+    if ms == 0 {
+        return "0s".into();
+    }
+    if !ms.is_multiple_of(1000) {
+        return format!("{ms}ms");
     }
     let secs = d.as_secs();
     let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);

@@ -376,3 +376,26 @@ fn help_documents_the_exit_codes() {
         assert!(help.contains(want), "no {want:?} in --help");
     }
 }
+
+#[test]
+fn config_chain_and_read_of_l7_kinds() {
+    let cli = parse(&["config", "chain", "api"]).unwrap();
+    assert!(matches!(
+        cli.command,
+        Command::Config(ConfigCommand::Chain { ref service }) if service == "api"
+    ));
+    let cli = parse(&[
+        "config",
+        "read",
+        "--kind",
+        "service-router",
+        "--name",
+        "api",
+    ])
+    .unwrap();
+    assert!(matches!(
+        cli.command,
+        Command::Config(ConfigCommand::Read { ref kind, .. }) if kind == "service-router"
+    ));
+    assert!(parse(&["config", "chain"]).is_err());
+}

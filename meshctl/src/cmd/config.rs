@@ -1,10 +1,11 @@
-//! `meshctl config write|read|list|delete`: config entries through `/v1/config`.
+//! `meshctl config write|read|list|delete`: config entries of every kind through `/v1/config`;
+//! `meshctl config chain SERVICE`: the compiled discovery chain (`/v1/discovery-chain`).
 
 use std::io::Read as _;
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::Ctx;
 use crate::cli::ConfigCommand;
@@ -40,6 +41,12 @@ pub fn run(ctx: &Ctx, cmd: ConfigCommand) -> anyhow::Result<()> {
                 }
                 t
             })
+        }
+        ConfigCommand::Chain { service } => {
+            let v = ctx
+                .client
+                .get_json(&format!("/v1/discovery-chain/{}", encode_segment(&service)))?;
+            ctx.show(&v, || chain_table(&v))
         }
         ConfigCommand::Delete { kind, name } => {
             let path = format!(
@@ -77,4 +84,77 @@ fn write(ctx: &Ctx, file: &Path) -> anyhow::Result<()> {
         &format!("Config entry written: {kind}/{name}"),
         json!({"Kind": kind, "Name": name}),
     )
+}
+
+/// One row per route and split (the default route last), then one per target.
+fn chain_table(v: &Value) -> Table {
+    let chain = &v["Chain"];
+    let mut t = Table::new(&["Route", "Match", "Weight", "Target", "Failover"]);
+    let routes = chain["Routes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for (i, r) in routes.iter().enumerate() {
+        let m = &r["Definition"]["Match"]["HTTP"];
+        let what = if r["Definition"].is_null() {
+            "(default)".to_string()
+        } else if m.is_null() {
+            "(any)".to_string()
+        } else {
+            compact(m)
+        };
+        for (j, s) in r["Splits"].as_array().into_iter().flatten().enumerate() {
+            let target = str_field(s, "Target");
+            let failover = chain["Targets"][target]["Failover"]
+                .as_array()
+                .map(|f| {
+                    f.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            let (route, what) = if j == 0 {
+                (i.to_string(), what.clone())
+            } else {
+                (String::new(), String::new())
+            };
+            t.push(vec![
+                route,
+                what,
+                format!("{}%", s["Weight"].as_f64().unwrap_or(0.0)),
+                target.to_string(),
+                failover,
+            ]);
+        }
+    }
+    t
+}
+
+/// A match as one line of JSON.
+fn compact(v: &Value) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_table_lists_routes_splits_and_failover() {
+        let v = json!({"Chain": {
+            "Routes": [
+                {"Definition": {"Match": {"HTTP": {"PathPrefix": "/a"}}},
+                 "Splits": [{"Weight": 100.0, "Target": "v2.api"}]},
+                {"Definition": null,
+                 "Splits": [{"Weight": 90.0, "Target": "api"}, {"Weight": 10.0, "Target": "v2.api"}]}
+            ],
+            "Targets": {"v2.api": {"Failover": ["api-dr"]}, "api": {"Failover": []}}}});
+        let out = chain_table(&v).render();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        assert!(lines[1].contains(r#"{"PathPrefix":"/a"}"#) && lines[1].contains("api-dr"));
+        assert!(lines[2].contains("(default)") && lines[2].contains("90%"));
+        assert!(lines[3].starts_with("-") && lines[3].contains("v2.api"));
+    }
 }

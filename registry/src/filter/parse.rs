@@ -210,14 +210,14 @@ impl Parser {
             }
             Tok::Str(v) => {
                 self.next();
-                self.value_first(v, pos)
+                self.value_first(v)
             }
             Tok::Word(w) if !KEYWORDS.contains(&w.as_str()) => {
                 let value_first =
                     self.is_word(1, "in") || (self.is_word(1, "not") && self.is_word(2, "in"));
                 if value_first {
                     self.next();
-                    return self.value_first(w, pos);
+                    return self.value_first(w);
                 }
                 self.selector_first()
             }
@@ -233,7 +233,7 @@ impl Parser {
     }
 
     /// `V in S` / `V not in S`, after the value.
-    fn value_first(&mut self, value: String, pos: usize) -> Result<Expr, FilterError> {
+    fn value_first(&mut self, value: String) -> Result<Expr, FilterError> {
         let negate = self.is_word(0, "not");
         if negate {
             self.next();
@@ -253,7 +253,6 @@ impl Parser {
         if selector.shape() == Shape::Int {
             return Err(err(sel_pos, "`in` needs a string, list or map selector"));
         }
-        let _ = pos;
         Ok(Expr::Match {
             selector,
             op: Op::Contains,
@@ -308,11 +307,12 @@ impl Parser {
                 ))
             }
         };
-        let allowed = match (shape, op) {
-            (Shape::Int, Op::Equal) | (Shape::Str, _) => true,
-            (Shape::List | Shape::Map, Op::IsEmpty | Op::Contains) => true,
-            _ => false,
-        };
+        let allowed = matches!(
+            (shape, op),
+            (Shape::Int, Op::Equal)
+                | (Shape::Str, _)
+                | (Shape::List | Shape::Map, Op::IsEmpty | Op::Contains)
+        );
         if !allowed {
             let use_ = match shape {
                 Shape::Int => "a number: use == or !=",
