@@ -126,7 +126,9 @@ const CANONICAL: &[&str] = &[
 
 /// Fields whose value is user data, copied verbatim (inside `Connect`: [`connect::FREE_FORM`]).
 /// `Add` and `Set` of config entries' header changes map header names to values.
-const FREE_FORM: &[&str] = &["Meta", "NodeMeta", "Header", "Proxy", "Config", "Add", "Set"];
+const FREE_FORM: &[&str] = &[
+    "Meta", "NodeMeta", "Header", "Proxy", "Config", "Add", "Set",
+];
 /// Maps whose names are user data but whose values are objects with known fields.
 const NAMED_OBJECTS: &[&str] = &["TaggedAddresses", "Subsets", "Failover"];
 

@@ -162,6 +162,7 @@ pub async fn exchange(
     req: Request<Body>,
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
+    let end = http_body::Body::is_end_stream(&body);
     let mut headers = parts.headers;
     if !headers.contains_key(http::header::HOST) {
         if let Some(a) = parts.uri.authority() {
@@ -177,15 +178,20 @@ pub async fn exchange(
             .path_and_query()
             .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
         headers,
+        end,
     };
     if let Err(e) = send.write_all(&frame::request_head(&head)).await {
         return error_response(StatusCode::BAD_GATEWAY, "upstream_reset", e.to_string());
     }
-    inner.tasks.spawn(async move {
-        if let Err(e) = pump(body, &mut send).await {
-            tracing::debug!(error = %e, "request body not delivered");
-        }
-    });
+    if end {
+        let _ = send.finish();
+    } else {
+        inner.tasks.spawn(async move {
+            if let Err(e) = pump(body, &mut send).await {
+                tracing::debug!(error = %e, "request body not delivered");
+            }
+        });
+    }
     let mut reader = FrameReader::new(recv);
     let head = match reader.head().await {
         Ok(p) => match frame::parse_response_head(&p) {
@@ -194,7 +200,12 @@ pub async fn exchange(
         },
         Err(e) => return error_response(StatusCode::BAD_GATEWAY, "upstream_reset", e.to_string()),
     };
-    let mut resp = Response::new(framed(reader));
+    let body = if head.end {
+        super::body::empty()
+    } else {
+        framed(reader)
+    };
+    let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
     *resp.headers_mut() = head.headers;
     resp

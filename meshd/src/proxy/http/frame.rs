@@ -3,7 +3,9 @@
 //!
 //! Each direction is a sequence of frames, `type (u8) | length (u32, big endian) | payload`:
 //! - `HEAD` (1), first and once: a request's method, path-and-query and headers, or a
-//!   response's status and headers;
+//!   response's status and headers; and whether a body follows (a message without one ends
+//!   with its head: gRPC's trailers-only responses must reach the caller as one HTTP/2
+//!   `HEADERS` frame with `END_STREAM`);
 //! - `DATA` (0), any number: body bytes, passed on as they arrive (never gathered whole);
 //! - `TRAILERS` (2), at most once, last: trailer fields (gRPC's status travels in them).
 //!
@@ -51,6 +53,8 @@ pub struct RequestHead {
     /// Path and query (origin form).
     pub path: String,
     pub headers: HeaderMap,
+    /// No body follows.
+    pub end: bool,
 }
 
 /// A response's head as framed.
@@ -58,6 +62,8 @@ pub struct RequestHead {
 pub struct ResponseHead {
     pub status: StatusCode,
     pub headers: HeaderMap,
+    /// No body follows.
+    pub end: bool,
 }
 
 fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
@@ -92,6 +98,7 @@ pub fn request_head(head: &RequestHead) -> Vec<u8> {
     let plen = path.len().min(usize::from(u16::MAX));
     p.extend_from_slice(&(plen as u16).to_be_bytes());
     p.extend_from_slice(&path[..plen]);
+    p.push(u8::from(head.end));
     put_headers(&mut p, &head.headers);
     frame(HEAD, &p)
 }
@@ -100,6 +107,7 @@ pub fn request_head(head: &RequestHead) -> Vec<u8> {
 pub fn response_head(head: &ResponseHead) -> Vec<u8> {
     let mut p = Vec::with_capacity(256);
     p.extend_from_slice(&head.status.as_u16().to_be_bytes());
+    p.push(u8::from(head.end));
     put_headers(&mut p, &head.headers);
     frame(HEAD, &p)
 }
@@ -164,11 +172,13 @@ pub fn parse_request_head(p: &[u8]) -> Result<RequestHead, FrameError> {
     let path = std::str::from_utf8(c.take(pl)?)
         .map_err(|_| FrameError::Malformed("request path"))?
         .to_string();
+    let end = c.u8()? != 0;
     let headers = c.headers()?;
     Ok(RequestHead {
         method,
         path,
         headers,
+        end,
     })
 }
 
@@ -176,8 +186,13 @@ pub fn parse_response_head(p: &[u8]) -> Result<ResponseHead, FrameError> {
     let mut c = Cursor(p, "response head");
     let status =
         StatusCode::from_u16(c.u16()?).map_err(|_| FrameError::Malformed("response status"))?;
+    let end = c.u8()? != 0;
     let headers = c.headers()?;
-    Ok(ResponseHead { status, headers })
+    Ok(ResponseHead {
+        status,
+        headers,
+        end,
+    })
 }
 
 /// What [`FrameReader::next`] yields.
@@ -295,6 +310,7 @@ mod tests {
             method: Method::POST,
             path: "/api/v2/x?y=1".into(),
             headers: headers.clone(),
+            end: false,
         };
         let mut t = HeaderMap::new();
         t.insert("grpc-status", HeaderValue::from_static("14"));
@@ -322,6 +338,7 @@ mod tests {
         let resp = ResponseHead {
             status: StatusCode::SERVICE_UNAVAILABLE,
             headers,
+            end: true,
         };
         let w = response_head(&resp);
         let mut r = FrameReader::new(w.as_slice());
@@ -347,6 +364,6 @@ mod tests {
             Err(FrameError::NoHead)
         ));
         assert!(parse_request_head(&[3, b'G', b'E']).is_err());
-        assert!(parse_response_head(&[0, 99, 0, 0]).is_err());
+        assert!(parse_response_head(&[0, 99, 0, 0, 0]).is_err());
     }
 }

@@ -50,11 +50,16 @@ pub async fn serve(
         }
     };
     *req.headers_mut() = head.headers;
+    let head_end = head.end;
     if super::upgrade::is_upgrade(&req) {
         return upgrade(send, reader, req, instance).await;
     }
     strip_hop_by_hop(req.headers_mut());
-    let req = req.map(|_| framed(reader));
+    let req = if head_end {
+        req
+    } else {
+        req.map(|_| framed(reader))
+    };
     let resp = match inner.pool.checkout(instance, h2).await {
         Ok(sender) => match sender.send(req).await {
             Ok(r) => r.map(super::boxed),
@@ -88,11 +93,17 @@ async fn respond(send: &mut quinn::SendStream, resp: Response<Body>) {
     let (parts, body) = resp.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
+    let end = http_body::Body::is_end_stream(&body);
     let head = ResponseHead {
         status: parts.status,
         headers,
+        end,
     };
     if send.write_all(&frame::response_head(&head)).await.is_err() {
+        return;
+    }
+    if end {
+        let _ = send.finish();
         return;
     }
     if let Err(e) = pump(body, send).await {
@@ -130,6 +141,7 @@ async fn upgrade(
     let head = ResponseHead {
         status: resp.status(),
         headers: resp.headers().clone(),
+        end: false,
     };
     if send.write_all(&frame::response_head(&head)).await.is_err() {
         return;

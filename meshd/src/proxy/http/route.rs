@@ -12,8 +12,8 @@ use http::{Request, Response, StatusCode};
 
 use super::chain::rewrite_path;
 use super::{error_response, Body};
-use registry::chain::HeaderMods;
 use crate::proxy::outbound::Call;
+use registry::chain::HeaderMods;
 
 /// The target id the route layer chose, for the client layer (a request extension).
 #[derive(Clone, Debug)]
@@ -161,7 +161,11 @@ mod tests {
             remove: vec!["x-gone".into()],
         };
         apply(&mods, &mut h);
-        let a: Vec<&str> = h.get_all("x-a").iter().map(|v| v.to_str().unwrap()).collect();
+        let a: Vec<&str> = h
+            .get_all("x-a")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
         assert_eq!(a, ["1", "2"]);
         assert_eq!(h["x-b"], "3");
         assert!(!h.contains_key("x-gone"));

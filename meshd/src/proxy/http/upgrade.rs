@@ -224,14 +224,16 @@ async fn handshake_tunnel(
             .path_and_query()
             .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
         headers: parts.headers,
+        end: false,
     };
     send.write_all(&frame::request_head(&head))
         .await
         .map_err(|e| e.to_string())?;
     let mut reader = FrameReader::new(recv);
     let p = reader.head().await.map_err(|e| e.to_string())?;
-    let ResponseHead { status, headers } =
-        frame::parse_response_head(&p).map_err(|e| e.to_string())?;
+    let ResponseHead {
+        status, headers, ..
+    } = frame::parse_response_head(&p).map_err(|e| e.to_string())?;
     let (body, upstream) = if agreed(&method, status) {
         let stream = Stream::Tunnel(send, reader.into_inner());
         (body::empty(), Some(Upstream::Tunnel(stream)))
