@@ -72,6 +72,14 @@ pub struct State {
     pub(crate) config_entries: BTreeMap<(String, String), ConfigEntry>,
     /// Index of the last applied command.
     pub(crate) applied: u64,
+    /// `indexes.by_service` ordered by index (derived): the services changed after an index,
+    /// in O(log n + changes).
+    pub(crate) service_changes: BTreeSet<(u64, String)>,
+}
+
+/// `by_service` ordered by index.
+fn changes_of(by_service: &HashMap<String, u64>) -> BTreeSet<(u64, String)> {
+    by_service.iter().map(|(n, i)| (*i, n.clone())).collect()
 }
 
 /// The serialized form of [`State`], used for Raft snapshots, snapshot archives and the first
@@ -636,6 +644,7 @@ impl State {
             by_node: nodes.into_iter().map(|n| (n, index)).collect(),
         };
         next.applied = self.applied;
+        next.service_changes = changes_of(&next.indexes.by_service);
         next.assign_missing_virtual_ips(index);
         *self = next;
         Response::Done
@@ -731,7 +740,18 @@ impl State {
     }
 
     fn touch_service(&mut self, index: u64, name: &str) {
-        self.indexes.by_service.insert(name.to_string(), index);
+        if let Some(old) = self.indexes.by_service.insert(name.to_string(), index) {
+            self.service_changes.remove(&(old, name.to_string()));
+        }
+        self.service_changes.insert((index, name.to_string()));
+    }
+
+    /// The services whose data (instances, their checks, their nodes' checks) changed after
+    /// `index`, each once, in the order of their last change.
+    pub fn services_changed_since(&self, index: u64) -> impl Iterator<Item = &str> {
+        self.service_changes
+            .range((index.saturating_add(1), String::new())..)
+            .map(|(_, n)| n.as_str())
     }
 
     fn link_name(&mut self, name: &str, key: &NodeKey) {
@@ -779,6 +799,7 @@ impl State {
     /// Rebuilds a state from a snapshot image.
     pub fn from_image(img: StateImage) -> State {
         let mut st = State {
+            service_changes: changes_of(&img.indexes.by_service),
             indexes: img.indexes,
             applied: img.applied,
             ..State::default()

@@ -149,6 +149,50 @@ fn per_service_index_is_not_moved_by_other_services() {
     assert_eq!(st.service_index("db"), 6);
 }
 
+fn changed(st: &State, index: u64) -> Vec<&str> {
+    st.services_changed_since(index).collect()
+}
+
+#[test]
+fn the_services_changed_after_an_index_come_from_the_change_log() {
+    let mut st = State::new();
+    st.apply(
+        2,
+        &reg(node("n1", "a"), Some(service("web-1", "web", 80)), vec![]),
+    );
+    st.apply(
+        3,
+        &reg(node("n1", "a"), Some(service("db-1", "db", 5432)), vec![]),
+    );
+    st.apply(4, &kv_set("k", "v", None));
+    assert_eq!(changed(&st, 0), ["web", "db"]);
+    assert_eq!(changed(&st, 2), ["db"]);
+    assert!(changed(&st, 4).is_empty(), "a KV write changes no service");
+    st.apply(
+        5,
+        &reg(node("n1", "a"), Some(service("web-1", "web", 81)), vec![]),
+    );
+    assert_eq!(
+        changed(&st, 2),
+        ["db", "web"],
+        "each once, by its last change"
+    );
+    // A node-level check changes every service on the node.
+    st.apply(
+        6,
+        &reg(
+            node("n1", "a"),
+            None,
+            vec![check("node-ok", "", Status::Passing)],
+        ),
+    );
+    assert_eq!(changed(&st, 5), ["db", "web"]);
+    // An image carries it (derived from the per-service indexes).
+    let back = State::from_image(st.image());
+    assert_eq!(changed(&back, 5), ["db", "web"]);
+    assert_eq!(changed(&back, 6), Vec::<&str>::new());
+}
+
 #[test]
 fn service_rename_moves_instance_and_bumps_both_names() {
     let mut st = State::new();

@@ -52,10 +52,24 @@ impl Inner {
         ep: &Endpoint,
         mode: Mode,
     ) -> Result<Stream, ConnectError> {
+        self.connect_early(source, destination, ep, mode, &[]).await
+    }
+
+    /// As [`connect`](Self::connect), with `early` bytes sent on a tunnel stream right after
+    /// its header, before the answer is read (an HTTP exchange's head: one round trip less).
+    /// The destination reads them only if it answers `Ok`.
+    pub async fn connect_early(
+        &self,
+        source: Option<&str>,
+        destination: &str,
+        ep: &Endpoint,
+        mode: Mode,
+        early: &[u8],
+    ) -> Result<Stream, ConnectError> {
         match ep.quic {
             None => connect_local(ep.addr).await.map(Stream::Tcp),
             Some(quic) => self
-                .open_tunnel(source, destination, ep, quic, mode)
+                .open_tunnel(source, destination, ep, quic, mode, early)
                 .await
                 .map(|(s, r)| Stream::Tunnel(s, r)),
         }
@@ -69,6 +83,7 @@ impl Inner {
         ep: &Endpoint,
         quic: SocketAddr,
         mode: Mode,
+        early: &[u8],
     ) -> Result<(quinn::SendStream, quinn::RecvStream), ConnectError> {
         let (key, leaf) = match source {
             Some(s) => match self.leaf(s).await {
@@ -118,7 +133,7 @@ impl Inner {
                     return Err(ConnectError::Retry(e.to_string()));
                 }
             };
-            let header = Header {
+            let mut header = Header {
                 service: destination.to_string(),
                 port: ep.port,
                 instance: ep.instance.clone(),
@@ -126,6 +141,7 @@ impl Inner {
             }
             .encode()
             .map_err(|e| ConnectError::Final(Status::BadHeader, e.to_string()))?;
+            header.extend_from_slice(early);
             send.write_all(&header)
                 .await
                 .map_err(|e| ConnectError::Retry(e.to_string()))?;

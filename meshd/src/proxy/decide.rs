@@ -9,10 +9,10 @@
 //!
 //! The table is rebuilt when the registry's applied index moves and something it depends on
 //! changed (KV writes never rebuild it); within it, only the destinations whose inputs changed
-//! are rebuilt (see [`build`]). The new table is published with one atomic pointer swap
+//! are compiled again (see [`build`]). The new table is published with one atomic pointer swap
 //! ([`ArcSwap`]); the per-connection path loads it without a lock and clones one `Arc`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 use registry::config_entry::{Limits, SERVICE_DEFAULTS};
 use registry::model::Status as Health;
 use registry::state::State;
+use registry::vip::Ipv4Cidr;
 use tokio_util::sync::CancellationToken;
 
 use super::balance::{Endpoint, EndpointSet, Loads, Policy};
@@ -120,6 +121,7 @@ pub struct Destination {
     pub routes: Option<Routes>,
     /// The other services its routes reach: a change to one rebuilds this destination.
     pub deps: Vec<String>,
+    pub vip: Option<Ipv4Addr>,
 }
 
 impl Destination {
@@ -150,8 +152,12 @@ pub struct Table {
     pub trust_domain: String,
     /// This host's services (name, user), sorted, one per name and user.
     pub local: Arc<Vec<LocalService>>,
-    pub vips: Arc<HashMap<Ipv4Addr, String>>,
-    pub destinations: HashMap<String, Arc<Destination>>,
+    /// Virtual IP → its service, for the destinations of the table.
+    vips: imbl::HashMap<Ipv4Addr, String>,
+    destinations: imbl::HashMap<String, Arc<Destination>>,
+    /// The destinations whose routes reach other services.
+    routed: imbl::HashSet<String>,
+    range: Option<Ipv4Cidr>,
     seen: Seen,
 }
 
@@ -160,13 +166,18 @@ impl Table {
         self.destinations.get(service)
     }
 
+    /// How many destinations the table holds.
+    pub fn len(&self) -> usize {
+        self.destinations.len()
+    }
+
     /// The service a captured connection to `local` is for: the one whose virtual IP it
     /// dialled, if one of its instances uses the port.
     pub fn captured(&self, local: SocketAddr) -> Option<&Arc<Destination>> {
         let IpAddr::V4(ip) = local.ip() else {
             return None;
         };
-        let dest = self.destinations.get(self.vips.get(&ip)?)?;
+        let dest = self.destinations.get(self.vips.get(&ip)?.as_str())?;
         dest.ports.contains(&local.port()).then_some(dest)
     }
 }
@@ -239,7 +250,12 @@ impl Decisions {
         self.metrics.tables.inc();
         self.metrics.destinations.inc_by(rebuilt as u64);
         self.metrics.seconds.inc_by(started.elapsed().as_secs_f64());
-        tracing::debug!(index = table.index, rebuilt, "data-plane decisions rebuilt");
+        tracing::debug!(
+            index = table.index,
+            rebuilt,
+            destinations = table.len(),
+            "data-plane decisions rebuilt"
+        );
         self.current.store(Arc::new(table));
     }
 
@@ -256,34 +272,73 @@ impl Decisions {
     }
 }
 
-/// A new table from `st`, reusing `old`'s destinations that nothing changed; returns it and
-/// how many destinations were rebuilt.
+/// A new table from `st`: `old`'s, with the destinations that changed since `old.index`
+/// compiled again (or removed); returns it and how many destinations were compiled.
 ///
-/// What changed since `old.index` is found from the registry's per-service and per-node
-/// indexes and the config entries' `ModifyIndex`: a destination is rebuilt when one of its
-/// services (its own, or one its routes reach), a node of their instances, or one of their
-/// config entries changed. A membership change (QUIC addresses), a restore or a deleted config
-/// entry rebuilds all. The cost per change is O(services) comparisons plus the rebuilt ones.
+/// What changed is found from the registry's per-service change log
+/// ([`State::services_changed_since`]) and the config entries' indexes: a destination is
+/// compiled again when one of its services (its own, or one its routes reach: their instances,
+/// checks, nodes' checks, virtual IP) or one of their config entries changed. A membership
+/// change (QUIC addresses), a restore, a new virtual-IP range or a deleted config entry
+/// compiles all. The maps are persistent ([`imbl`]): the new table shares everything unchanged
+/// with the old one, so a change costs O(log n) plus what it compiles, not a copy of the table.
 fn build(node: &str, st: &State, old: &Table, seen: Seen) -> (Table, usize) {
     let since = old.index;
+    let range = st.virtual_ip_range();
     let mut changed: BTreeSet<String> = BTreeSet::new();
     let full = since == 0
         || seen.members != old.seen.members
         || seen.restore != old.seen.restore
+        || Some(range) != old.range
         || !config_changed_since(st, since, &mut changed);
-    if !full {
-        let ix = st.indexes();
-        changed.extend(
-            ix.by_service
-                .iter()
-                .filter(|(_, i)| **i > since)
-                .map(|(n, _)| n.clone()),
-        );
-        for (n, i) in &ix.by_node {
-            if *i > since {
-                changed.extend(st.node_services(n).map(|s| s.service.clone()));
-            }
+    let (mut destinations, mut vips, mut routed) = if full {
+        changed.extend(st.service_name_list().map(str::to_string));
+        changed.extend(Routes::entry_names(st).into_iter().map(str::to_string));
+        Default::default()
+    } else {
+        // A node's own checks count as a change of every service on it (the registry records
+        // it so), and a new service's virtual IP comes with its registration.
+        changed.extend(st.services_changed_since(since).map(str::to_string));
+        (
+            old.destinations.clone(),
+            old.vips.clone(),
+            old.routed.clone(),
+        )
+    };
+    // Destinations whose routes reach a changed service.
+    let dependents: Vec<String> = routed
+        .iter()
+        .filter(|name| {
+            destinations
+                .get(name.as_str())
+                .is_some_and(|d: &Arc<Destination>| d.deps.iter().any(|x| changed.contains(x)))
+        })
+        .cloned()
+        .collect();
+    changed.extend(dependents);
+    let mut rebuilt = 0;
+    for name in &changed {
+        let prev = destinations.remove(name.as_str());
+        if let Some(ip) = prev.as_ref().and_then(|d| d.vip) {
+            vips.remove(&ip);
         }
+        routed.remove(name.as_str());
+        let exists = !st.service_instances(name).is_empty()
+            || Routes::KINDS
+                .iter()
+                .any(|k| st.config_entry(k, name).is_some());
+        if !exists {
+            continue;
+        }
+        rebuilt += 1;
+        let d = destination(node, st, name, prev.as_deref());
+        if let Some(ip) = d.vip {
+            vips.insert(ip, name.clone());
+        }
+        if !d.deps.is_empty() {
+            routed.insert(name.clone());
+        }
+        destinations.insert(name.clone(), Arc::new(d));
     }
     let local = if full || st.node_index(node) > since {
         let mut local: Vec<LocalService> = st
@@ -299,34 +354,6 @@ fn build(node: &str, st: &State, old: &Table, seen: Seen) -> (Table, usize) {
     } else {
         old.local.clone()
     };
-    let vips = if full || seen.vips != old.seen.vips {
-        Arc::new(
-            st.virtual_ips()
-                .map(|v| (v.ip, v.service.clone()))
-                .collect(),
-        )
-    } else {
-        old.vips.clone()
-    };
-    let mut names: BTreeSet<&str> = st.service_name_list().collect();
-    // A service with routes but no instance of its own (its traffic all goes elsewhere).
-    names.extend(Routes::entry_names(st));
-    let mut destinations = HashMap::with_capacity(names.len());
-    let mut rebuilt = 0;
-    for name in names {
-        let prev = old.destinations.get(name);
-        let fresh = prev.filter(|d| {
-            !full && !changed.contains(name) && !d.deps.iter().any(|x| changed.contains(x))
-        });
-        let dest = match fresh {
-            Some(d) => d.clone(),
-            None => {
-                rebuilt += 1;
-                Arc::new(destination(node, st, name, prev.map(|d| &**d)))
-            }
-        };
-        destinations.insert(name.to_string(), dest);
-    }
     let table = Table {
         index: st.applied_index(),
         trust_domain: st
@@ -336,6 +363,8 @@ fn build(node: &str, st: &State, old: &Table, seen: Seen) -> (Table, usize) {
         local,
         vips,
         destinations,
+        routed,
+        range: Some(range),
         seen,
     };
     (table, rebuilt)
@@ -443,6 +472,7 @@ fn destination(node: &str, st: &State, name: &str, prev: Option<&Destination>) -
         ports: all_ports,
         routes,
         deps: Routes::dependencies(st, name),
+        vip: st.virtual_ip(name),
     }
 }
 
@@ -452,4 +482,149 @@ pub fn local_addr(address: &str, port: u16) -> SocketAddr {
         .parse::<IpAddr>()
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     SocketAddr::new(ip, port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use registry::config_entry::ConfigEntry;
+    use registry::{Command, Node, Register, Service};
+    use serde_json::json;
+
+    fn reg(st: &mut State, index: u64, node: &str, name: &str, port: u16) {
+        let cmd = Command::Register(Register {
+            node: Node {
+                node: node.into(),
+                address: "10.0.0.1".into(),
+                ..Node::default()
+            },
+            service: Some(Service {
+                id: format!("{name}-{node}-{port}"),
+                service: name.into(),
+                port,
+                ..Service::default()
+            }),
+            ..Register::default()
+        });
+        st.apply(index, &cmd);
+    }
+
+    fn entry(st: &mut State, index: u64, e: serde_json::Value) {
+        let entry: ConfigEntry = serde_json::from_value(e).expect("an entry");
+        st.apply(index, &Command::ConfigEntrySet { entry, cas: None });
+    }
+
+    fn dest(d: &Decisions, name: &str) -> Arc<Destination> {
+        d.table().destination(name).cloned().expect(name)
+    }
+
+    #[test]
+    fn only_what_changed_is_rebuilt() {
+        let mut st = State::new();
+        reg(&mut st, 1, "n1", "api", 80);
+        reg(&mut st, 2, "n3", "db", 5432);
+        reg(&mut st, 3, "n1", "web", 8000);
+        let metrics = RebuildMetrics::default();
+        let d = Decisions::new("n1".into(), metrics.clone());
+        d.update(&st);
+        assert_eq!(metrics.destinations.get(), 3);
+        let (api, db) = (dest(&d, "api"), dest(&d, "db"));
+        assert_eq!(api.all.endpoints().len(), 1);
+        assert_eq!(api.protocol, Protocol::Tcp);
+
+        // A KV write: the table is not even rebuilt.
+        let kv = Command::KvSet {
+            key: "k".into(),
+            value: b"v".to_vec(),
+            flags: 0,
+            cas: None,
+        };
+        st.apply(4, &kv);
+        d.update(&st);
+        assert_eq!(metrics.tables.get(), 1);
+
+        // A second instance of api: api alone is compiled again.
+        reg(&mut st, 5, "n1", "api", 81);
+        d.update(&st);
+        assert_eq!(metrics.destinations.get(), 4);
+        assert!(!Arc::ptr_eq(&api, &dest(&d, "api")));
+        assert!(Arc::ptr_eq(&db, &dest(&d, "db")));
+        assert_eq!(dest(&d, "api").all.endpoints().len(), 2);
+
+        // api becomes HTTP and splits between itself and web.
+        entry(
+            &mut st,
+            6,
+            json!({"Kind": "service-defaults", "Name": "api", "Protocol": "http"}),
+        );
+        entry(
+            &mut st,
+            7,
+            json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http"}),
+        );
+        entry(
+            &mut st,
+            8,
+            json!({"Kind": "service-splitter", "Name": "api",
+                   "Splits": [{"Weight": 50}, {"Weight": 50, "Service": "web"}]}),
+        );
+        d.update(&st);
+        let api = dest(&d, "api");
+        assert_eq!(api.protocol, Protocol::Http);
+        assert_eq!(api.deps, vec!["web".to_string()]);
+        let routes = api.routes.as_ref().expect("routes");
+        assert_eq!(routes.targets.len(), 2);
+        assert!(Arc::ptr_eq(&db, &dest(&d, "db")), "db untouched");
+
+        // A change to web rebuilds api (its split reaches web), not db.
+        let before = metrics.destinations.get();
+        reg(&mut st, 9, "n1", "web", 8001);
+        d.update(&st);
+        assert_eq!(
+            metrics.destinations.get(),
+            before + 2,
+            "web, and api for its split"
+        );
+        assert!(!Arc::ptr_eq(&api, &dest(&d, "api")));
+        assert!(Arc::ptr_eq(&db, &dest(&d, "db")));
+        let api = dest(&d, "api");
+        let web = &api.routes.as_ref().expect("routes").targets["web"];
+        assert_eq!(web.set.endpoints().len(), 2);
+    }
+
+    #[test]
+    fn a_split_follows_its_weights_over_any_run_of_requests() {
+        let mut st = State::new();
+        reg(&mut st, 1, "n1", "api", 80);
+        reg(&mut st, 2, "n1", "web", 80);
+        entry(
+            &mut st,
+            3,
+            json!({"Kind": "service-defaults", "Name": "api", "Protocol": "http"}),
+        );
+        entry(
+            &mut st,
+            4,
+            json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http"}),
+        );
+        entry(
+            &mut st,
+            5,
+            json!({"Kind": "service-splitter", "Name": "api",
+                   "Splits": [{"Weight": 90}, {"Weight": 10, "Service": "web"}]}),
+        );
+        let d = Decisions::new("n1".into(), RebuildMetrics::default());
+        d.update(&st);
+        let api = dest(&d, "api");
+        let routes = api.routes.as_ref().expect("routes");
+        let req = http::Request::get("/x").body(()).expect("a request");
+        let (parts, ()) = req.into_parts();
+        let picks: Vec<bool> = (0..2000)
+            .map(|_| routes.decide(&parts).split.target == "web")
+            .collect();
+        for w in picks.chunks(100) {
+            let n = w.iter().filter(|x| **x).count();
+            assert!((9..=11).contains(&n), "{n} of 100 to web");
+        }
+    }
 }

@@ -116,12 +116,19 @@ async fn send(inner: &Arc<Inner>, call: &Call, mut req: Request<Body>) -> Respon
                 Err(e) => last = e.to_string(),
             },
             Some(_) => {
+                let (head, end) = request_head(&req);
                 match inner
-                    .connect(call.source.as_deref(), &target.service, ep, Mode::Http)
+                    .connect_early(
+                        call.source.as_deref(),
+                        &target.service,
+                        ep,
+                        Mode::Http,
+                        &head,
+                    )
                     .await
                 {
                     Ok(Stream::Tunnel(send, recv)) => {
-                        return exchange(inner, send, recv, req).await
+                        return exchange(inner, send, recv, req.into_body(), end).await
                     }
                     Ok(Stream::Tcp(_)) => last = "a tunnel endpoint answered as local".into(),
                     Err(ConnectError::Final(status, why)) => {
@@ -153,36 +160,40 @@ async fn send(inner: &Arc<Inner>, call: &Call, mut req: Request<Body>) -> Respon
     )
 }
 
-/// One request as an exchange on a tunnel stream: the head, the body (written by a task, so
-/// that a streaming response can come back meanwhile), then the response read back.
-pub async fn exchange(
-    inner: &Arc<Inner>,
-    mut send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    req: Request<Body>,
-) -> Response<Body> {
-    let (parts, body) = req.into_parts();
-    let end = http_body::Body::is_end_stream(&body);
-    let mut headers = parts.headers;
+/// The HEAD frame of `req` (with `Host` from the URI's authority when it has none), and
+/// whether it is the whole request (no body follows).
+pub fn request_head(req: &Request<Body>) -> (Vec<u8>, bool) {
+    let end = http_body::Body::is_end_stream(req.body());
+    let mut headers = req.headers().clone();
     if !headers.contains_key(http::header::HOST) {
-        if let Some(a) = parts.uri.authority() {
+        if let Some(a) = req.uri().authority() {
             if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
                 headers.insert(http::header::HOST, v);
             }
         }
     }
     let head = RequestHead {
-        method: parts.method,
-        path: parts
-            .uri
+        method: req.method().clone(),
+        path: req
+            .uri()
             .path_and_query()
             .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
         headers,
         end,
     };
-    if let Err(e) = send.write_all(&frame::request_head(&head)).await {
-        return error_response(StatusCode::BAD_GATEWAY, "upstream_reset", e.to_string());
-    }
+    (frame::request_head(&head), end)
+}
+
+/// The rest of one exchange on a tunnel stream whose request head was sent: the body (written
+/// by a task, so that a streaming response can come back meanwhile), then the response read
+/// back.
+pub async fn exchange(
+    inner: &Arc<Inner>,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    body: Body,
+    end: bool,
+) -> Response<Body> {
     if end {
         let _ = send.finish();
     } else {
