@@ -24,8 +24,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::duration::parse_go_duration;
 pub use metrics::CheckMetrics;
+use registry::duration::parse_go_duration;
 
 /// Probe timeout when a check sets none (Consul's default).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -18,7 +18,7 @@ pub use dns::{DnsConfig, FileDnsConfig};
 mod cluster;
 mod connect;
 mod dns;
-use crate::duration::parse_go_duration;
+use registry::duration::parse_go_duration;
 
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
 pub const DEFAULT_DATACENTER: &str = "dc1";

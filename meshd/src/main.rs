@@ -15,7 +15,6 @@ mod cluster;
 mod config;
 mod definitions;
 mod dns;
-mod duration;
 mod local;
 mod logging;
 mod notify;

@@ -188,7 +188,7 @@ impl ChainRoute {
 
 fn duration(s: &str) -> Option<Duration> {
     (!s.is_empty())
-        .then(|| crate::duration::parse(s).ok())
+        .then(|| crate::duration::parse_go_duration(s).ok())
         .flatten()
 }
 

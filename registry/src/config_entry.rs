@@ -229,15 +229,15 @@ impl ConfigEntry {
 
 /// Checks a service name a route, split, redirect or failover names.
 pub(crate) fn check_service_name(field: &str, name: &str) -> Result<(), EntryError> {
-    crate::ca::validate_node_name(name)
+    crate::name::validate_service_name(name)
         .map_err(|e| EntryError::new(field, format!("invalid service name {name:?}: {e}")))
 }
 
 /// Checks a Go duration field.
 pub(crate) fn check_duration(field: &str, value: &str) -> Result<(), EntryError> {
-    crate::duration::parse(value)
+    crate::duration::parse_go_duration(value)
         .map(|_| ())
-        .map_err(|e| EntryError::new(field, e))
+        .map_err(|e| EntryError::new(field, e.to_string()))
 }
 
 impl State {

@@ -252,6 +252,7 @@ const JSON_COMMANDS: &[&str] = &[
     "config read --kind service-defaults --name db",
     "config list --kind service-defaults",
     "config delete --kind service-defaults --name db",
+    "config chain db",
     "reload",
     "debug --output-file {d}/d.tar.gz --log-lines 10",
     "completion bash",

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use super::ApiContext;
-use crate::duration::parse_go_duration;
+use registry::duration::parse_go_duration;
 
 /// Wait of a blocking query that gives none (Consul's default).
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);

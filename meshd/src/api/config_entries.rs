@@ -28,6 +28,10 @@ pub async fn put(
     let params = Params::parse(q.as_deref());
     let cas = params.u64("cas")?;
     let entry: ConfigEntry = decode_body(&body, "config entry")?;
+    // The registry's own check (which replaying old log entries repeats) keeps the older,
+    // wider name rule; a new entry's Name must be a service name that can exist.
+    registry::validate_service_name(&entry.name)
+        .map_err(|e| ApiError::bad(format!("invalid Name {:?}: {e}", entry.name)))?;
     entry.validate().map_err(|e| ApiError::bad(e.to_string()))?;
     let applied = write(&ctx, Command::ConfigEntrySet { entry, cas }).await?;
     let ok = !matches!(applied.response, CmdResponse::Cas(false));

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::ApiError;
-use crate::duration::parse_go_duration;
+use registry::duration::parse_go_duration;
 
 pub mod connect;
 mod keys;

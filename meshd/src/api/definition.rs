@@ -8,7 +8,7 @@ use registry::{Check, CheckDefinition, Service, ServiceAddress, Status, Weights}
 
 use super::decode::{CheckDef, ServiceDef, WeightsDef};
 use super::error::ApiError;
-use crate::duration::format_go_duration;
+use registry::duration::format_go_duration;
 
 pub mod connect;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{ConfigError, FileConfig, Origin};
 use crate::cli::AgentArgs;
-use crate::duration::parse_go_duration;
+use registry::duration::parse_go_duration;
 
 /// UDP port of the QUIC endpoint.
 pub const DEFAULT_QUIC_PORT: u16 = 8301;

@@ -11,7 +11,7 @@ use crate::proxy::budget::DEFAULT_MAX_CONNECTIONS;
 use crate::proxy::capture::{Mode, DEFAULT_LISTENER_LIMIT};
 
 use super::{ConfigError, FileConfig, Origin};
-use crate::duration::parse_go_duration;
+use registry::duration::parse_go_duration;
 
 /// Service leaves live 72 hours unless configured (Consul's default).
 pub const DEFAULT_LEAF_TTL: Duration = Duration::from_secs(72 * 3600);

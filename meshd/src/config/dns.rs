@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{ConfigError, FileConfig, Origin};
 use crate::cli::AgentArgs;
-use crate::duration::parse_go_duration;
+use registry::duration::parse_go_duration;
 
 pub const DEFAULT_DNS_ADDR: &str = "127.0.0.1:8600";
 pub const DEFAULT_DOMAIN: &str = "mesh";

@@ -28,44 +28,12 @@ use super::balance::{Endpoint, EndpointSet, Loads, Policy};
 use super::http::chain::Routes;
 use crate::store::Store;
 
-/// How a destination is proxied, from its `service-defaults` `Protocol`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Protocol {
-    #[default]
-    Tcp,
-    Http,
-    Http2,
-    Grpc,
-}
+pub use registry::chain::Protocol;
 
-impl Protocol {
-    /// Consul's names; anything else (refused at write) is `tcp`.
-    pub fn parse(s: &str) -> Protocol {
-        match s {
-            "http" => Protocol::Http,
-            "http2" => Protocol::Http2,
-            "grpc" => Protocol::Grpc,
-            _ => Protocol::Tcp,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Http => "http",
-            Protocol::Http2 => "http2",
-            Protocol::Grpc => "grpc",
-        }
-    }
-
-    pub fn is_http(self) -> bool {
-        self != Protocol::Tcp
-    }
-
-    /// Whether instances are spoken to in HTTP/2 (prior knowledge) rather than HTTP/1.1.
-    pub fn h2_upstream(self) -> bool {
-        matches!(self, Protocol::Http2 | Protocol::Grpc)
-    }
+/// Whether instances of a `protocol` service are spoken to in HTTP/2 (prior knowledge) rather
+/// than HTTP/1.1.
+pub fn h2_upstream(protocol: Protocol) -> bool {
+    matches!(protocol, Protocol::Http2 | Protocol::Grpc)
 }
 
 /// Connections toward one destination from this host.
@@ -431,7 +399,7 @@ pub fn policy(st: &State, service: &str) -> Policy {
 
 fn destination(node: &str, st: &State, name: &str, prev: Option<&Destination>) -> Destination {
     let defaults = st.config_entry(SERVICE_DEFAULTS, name);
-    let protocol = Protocol::parse(st.protocol(name).as_str());
+    let protocol = st.protocol(name);
     let policy = policy(st, name);
     let mut loads = Loads::new();
     if let Some(p) = prev {
@@ -458,7 +426,7 @@ fn destination(node: &str, st: &State, name: &str, prev: Option<&Destination>) -
         .filter(|p| *p != 0)
         .collect();
     let routes = protocol
-        .is_http()
+        .is_l7()
         .then(|| Routes::compile(node, st, name, &loads));
     tracing::debug!(service = %name, protocol = protocol.as_str(), policy = policy.as_str(),
         endpoints = eps.len(), "destination compiled");

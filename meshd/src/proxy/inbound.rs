@@ -117,7 +117,7 @@ pub async fn serve(inner: Arc<Inner>, mut s: Incoming) {
             .decisions
             .table()
             .destination(&destination)
-            .is_some_and(|d| d.protocol.h2_upstream());
+            .is_some_and(|d| super::decide::h2_upstream(d.protocol));
         if s.send.write_all(&answer(Status::Ok, "")).await.is_err() {
             return;
         }

@@ -93,7 +93,7 @@ pub async fn handle(inner: Arc<Inner>, tcp: TcpStream, listen: Arc<Listen>, tick
         vip_port,
         peer,
     };
-    if call.destination.protocol.is_http() {
+    if call.destination.protocol.is_l7() {
         http::server::serve(inner, tcp, call, ticket).await
     } else {
         l4::serve(inner, tcp, call, ticket).await

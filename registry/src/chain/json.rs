@@ -7,7 +7,7 @@ use serde::{Serialize, Serializer};
 use serde_json::{json, Map, Value};
 
 use super::{Chain, ChainRoute, HeaderMods, Split, Target};
-use crate::duration::format;
+use crate::duration::format_go_duration as format;
 
 fn mods(m: &HeaderMods) -> Value {
     let map = |pairs: &[(String, String)]| {

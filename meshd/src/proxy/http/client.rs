@@ -91,7 +91,7 @@ async fn send(inner: &Arc<Inner>, call: &Call, mut req: Request<Body>) -> Respon
             format!("no target {:?}", chosen.0),
         );
     };
-    let h2 = dest.protocol.h2_upstream();
+    let h2 = crate::proxy::decide::h2_upstream(dest.protocol);
     strip_hop_by_hop(req.headers_mut());
     let mut tried = Vec::new();
     let mut last = String::new();
