@@ -25,6 +25,8 @@ pub const DEFAULT_DATACENTER: &str = "dc1";
 pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = 8192;
 pub const DEFAULT_CHECK_UPDATE_INTERVAL: &str = "5m";
 pub const DEFAULT_CACHE_MB: u64 = 64;
+/// The most runtime threads `worker_threads` may ask for.
+pub const MAX_WORKER_THREADS: u64 = 1024;
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "30s";
 
 /// A configuration error; its message names the source, the key and the reason.
@@ -155,6 +157,10 @@ pub struct FileConfig {
     pub proxy_reserved_fds: Option<u64>,
     /// Proxied connections at once, both directions (default 16384).
     pub proxy_max_connections: Option<u64>,
+    /// Threads of the async runtime that runs everything but blocking disk work (default: one
+    /// per core). On a host whose cores are busy with the applications meshd serves, fewer
+    /// threads hand work between cores less often (see tests/bench/RESULTS.md).
+    pub worker_threads: Option<u64>,
 }
 
 /// The validated configuration the agent runs with.
@@ -179,6 +185,8 @@ pub struct RuntimeConfig {
     pub dns: DnsConfig,
     pub connect: ConnectConfig,
     pub drain_timeout: Duration,
+    /// `None`: one per core.
+    pub worker_threads: Option<usize>,
 }
 
 /// Reads and parses a TOML config file.
@@ -336,6 +344,19 @@ pub fn build(args: &AgentArgs) -> Result<RuntimeConfig, ConfigError> {
         reason: e.to_string(),
     })?;
 
+    let worker_threads = match file.worker_threads {
+        None => None,
+        Some(n @ 1..=MAX_WORKER_THREADS) => Some(n as usize),
+        Some(n) => {
+            return Err(ConfigError::Invalid {
+                source_name: file_name.clone(),
+                key: "worker_threads",
+                value: n.to_string(),
+                reason: format!("must be 1 to {MAX_WORKER_THREADS}"),
+            })
+        }
+    };
+
     let node_meta = file.node_meta.clone().unwrap_or_default();
     for k in node_meta.keys() {
         if k.is_empty() || k.len() > 128 || k.chars().any(|c| c.is_control()) {
@@ -372,6 +393,7 @@ pub fn build(args: &AgentArgs) -> Result<RuntimeConfig, ConfigError> {
         dns,
         connect,
         drain_timeout,
+        worker_threads,
     })
 }
 

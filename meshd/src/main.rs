@@ -43,6 +43,9 @@ fn main() -> std::process::ExitCode {
             let _ = rustls::crypto::ring::default_provider().install_default();
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             builder.enable_all().thread_name("meshd");
+            if let Some(n) = cfg.worker_threads {
+                builder.worker_threads(n);
+            }
             // Lets quinn batch tunnel writes into fewer datagrams (see .cargo/config.toml).
             #[cfg(tokio_unstable)]
             builder.disable_lifo_slot();

@@ -72,6 +72,10 @@ pub struct Inner {
     pub decisions: Arc<Decisions>,
     /// Pooled HTTP connections to this host's instances.
     pub pool: http::pool::Pool,
+    /// Tunnel streams kept between HTTP exchanges with other hosts' instances.
+    pub streams: http::streams::Streams,
+    /// Cancelled at shutdown: tunnel streams waiting for their next exchange end.
+    stopping: CancellationToken,
     /// Registration `user` → uid (`None`: no such user), resolved once.
     users: Mutex<HashMap<String, Option<u32>>>,
     /// Every proxied connection, both directions: shutdown waits for them.
@@ -84,24 +88,25 @@ pub struct Inner {
 
 /// Counts a connection open while it lives (opened, active, closed).
 pub struct OpenGuard {
-    metrics: ProxyMetrics,
-    pair: Pair,
+    active: prometheus_client::metrics::gauge::Gauge,
+    closed: prometheus_client::metrics::counter::Counter,
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.metrics.active.get_or_create(&self.pair).dec();
-        self.metrics.closed.get_or_create(&self.pair).inc();
+        self.active.dec();
+        self.closed.inc();
     }
 }
 
 impl Inner {
     fn open_guard(&self, pair: Pair) -> OpenGuard {
         self.metrics.opened.get_or_create(&pair).inc();
-        self.metrics.active.get_or_create(&pair).inc();
+        let active = self.metrics.active.get_or_create(&pair).clone();
+        active.inc();
         OpenGuard {
-            metrics: self.metrics.clone(),
-            pair,
+            active,
+            closed: self.metrics.closed.get_or_create(&pair).clone(),
         }
     }
 
@@ -168,6 +173,8 @@ impl Proxy {
             connections: tunnel::Connections::default(),
             decisions: decisions.clone(),
             pool: http::pool::Pool::default(),
+            streams: http::streams::Streams::new(registry),
+            stopping: cancel.clone(),
             users: Mutex::default(),
             tasks: TaskTracker::new(),
             draining: AtomicBool::new(false),

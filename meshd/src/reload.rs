@@ -328,7 +328,7 @@ impl Reloader {
 /// The keys fixed at start that differ between `old` and `new`.
 fn restart_only_changes(old: &RuntimeConfig, new: &RuntimeConfig) -> Vec<&'static str> {
     let (a, b) = (&old.cluster, &new.cluster);
-    let pairs: [(&'static str, bool); 19] = [
+    let pairs: [(&'static str, bool); 20] = [
         ("node_name", old.node_name != new.node_name),
         ("datacenter", old.datacenter != new.datacenter),
         ("data_dir", old.data_dir != new.data_dir),
@@ -345,6 +345,7 @@ fn restart_only_changes(old: &RuntimeConfig, new: &RuntimeConfig) -> Vec<&'stati
             old.check_update_interval != new.check_update_interval,
         ),
         ("cache_mb", old.cache_bytes != new.cache_bytes),
+        ("worker_threads", old.worker_threads != new.worker_threads),
         ("log_json", old.log_json != new.log_json),
         ("bind_addr", a.bind != b.bind),
         ("bootstrap_expect", a.bootstrap_expect != b.bootstrap_expect),

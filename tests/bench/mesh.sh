@@ -4,7 +4,7 @@
 # keep-alive; GET /bulk streams BULK_BYTES), reached from A five ways, side by side:
 #   direct        wrk on A -> B's address (plain TCP, no proxy)
 #   haproxy       wrk on A -> HAProxy on A -> TLS 1.3 mutual TLS (EC P-256) -> HAProxy on B ->
-#                 127.0.0.1 on B (Debian haproxy, nbthread 2 each; mode tcp)
+#                 127.0.0.1 on B (Debian haproxy, nbthread THREADS each; mode tcp)
 #   haproxy_http  the same two hops in mode http: keep-alive on every hop (http-reuse always
 #                 between the hops), each request balanced (roundrobin) over two backends on
 #                 B (127.0.0.1:8080 and 127.0.0.1:8081)
@@ -20,6 +20,7 @@
 # Env:   DURATION=10  seconds per wrk run     CONNS="32 256"   wrk connections
 #        ROUNDS=1     repetitions, variant order alternating   BULK_BYTES=1073741824
 #        VARIANTS="direct haproxy haproxy_http meshd meshd_l7"
+#        THREADS=2    threads of each proxy process (HAProxy nbthread, meshd worker_threads)
 # Prints one JSON line per run, then a Markdown summary with the ratios. Not run by CI; every
 # run is bounded by DURATION (wrk) or a timeout (bulk); everything it starts and the
 # namespaces are removed on exit, also on failure.
@@ -30,6 +31,7 @@ CONNS="${CONNS:-32 256}"
 ROUNDS="${ROUNDS:-1}"
 BULK_BYTES="${BULK_BYTES:-1073741824}"
 VARIANTS="${VARIANTS:-direct haproxy haproxy_http meshd meshd_l7}"
+THREADS="${THREADS:-2}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 
@@ -57,7 +59,7 @@ else
 fi
 cargo build --release -q -p tests --bin benchserver
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
-log "commit $(git rev-parse --short HEAD), $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores"
+log "commit $(git rev-parse --short HEAD), $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $THREADS threads per proxy"
 
 ID="mb$$"
 NA="${ID}a" NB="${ID}b"
@@ -137,7 +139,7 @@ if has haproxy || has haproxy_http; then
     done
     cat >"$WORK/haproxy-a.cfg" <<EOF
 global
-    nbthread 2
+    nbthread $THREADS
     ssl-default-server-ciphersuites TLS_AES_128_GCM_SHA256
     ssl-default-server-options ssl-min-ver TLSv1.3
 defaults
@@ -153,7 +155,7 @@ backend chain
 EOF
     cat >"$WORK/haproxy-b.cfg" <<EOF
 global
-    nbthread 2
+    nbthread $THREADS
     ssl-default-bind-options ssl-min-ver TLSv1.3
 defaults
     mode tcp
@@ -179,7 +181,7 @@ if has haproxy_http; then
     # prefer-last-server) over the two backends, on kept-alive connections to them.
     cat >"$WORK/haproxy-a-http.cfg" <<EOF
 global
-    nbthread 2
+    nbthread $THREADS
     ssl-default-server-ciphersuites TLS_AES_128_GCM_SHA256
     ssl-default-server-options ssl-min-ver TLSv1.3
 defaults
@@ -198,7 +200,7 @@ backend chain_http
 EOF
     cat >"$WORK/haproxy-b-http.cfg" <<EOF
 global
-    nbthread 2
+    nbthread $THREADS
     ssl-default-bind-options ssl-min-ver TLSv1.3
 defaults
     mode http
@@ -250,6 +252,7 @@ key_file = "$KEY"
 join_token = "bench"
 default_intention_policy = "allow"
 log_level = "warn"
+worker_threads = $THREADS
 EOF
     cat >"$WORK/b.toml" <<EOF
 node_name = "b"
@@ -261,6 +264,7 @@ dns_addr = "127.0.0.1:8600"
 ca_file = "$T/mesh-agent-ca.pem"
 join_token = "bench"
 log_level = "warn"
+worker_threads = $THREADS
 EOF
     bg "$NA" "$WORK/meshd-a.log" "$BIN/meshd" agent --config "$WORK/a.toml"
     MESHD_A=${PIDS[-1]}
@@ -344,14 +348,14 @@ run_wrk() { # run_wrk VARIANT CONNS ROUND (one connection: one wrk thread)
     p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
     local errs
     errs=$(awk '/Socket errors|Non-2xx/ {print}' <<<"$out" | tr '\n' ' ')
-    printf '{"variant":"%s","round":%s,"conns":%s,"rps":%s,"p50_ms":%s,"p99_ms":%s,"errors":"%s"}\n' \
-        "$1" "$3" "$2" "$rps" "$p50" "$p99" "$errs" | tee -a "$RESULTS"
+    printf '{"variant":"%s","threads":%s,"round":%s,"conns":%s,"rps":%s,"p50_ms":%s,"p99_ms":%s,"errors":"%s"}\n' \
+        "$1" "$THREADS" "$3" "$2" "$rps" "$p50" "$p99" "$errs" | tee -a "$RESULTS"
 }
 run_bulk() { # run_bulk VARIANT ROUND
     local speed
     speed=$(inA curl -s -o /dev/null -m 300 -w '%{speed_download}' "$(url_of "$1")/bulk") ||
         die "bulk download through $1 failed"
-    printf '{"variant":"%s","round":%s,"bulk_bytes":%s,"bulk_mib_s":%s}\n' "$1" "$2" "$BULK_BYTES" \
+    printf '{"variant":"%s","threads":%s,"round":%s,"bulk_bytes":%s,"bulk_mib_s":%s}\n' "$1" "$THREADS" "$2" "$BULK_BYTES" \
         "$(awk -v s="$speed" 'BEGIN { printf "%.1f", s / 1048576 }')" | tee -a "$RESULTS"
 }
 

@@ -11,7 +11,9 @@
 //!   trailers) and WebSocket peers from PyPI, trailers, and a backend reset mid-response
 //!   that reaches the client as an error;
 //! - 1 GiB each way intact while every meshd stays under 100 MiB resident;
-//! - bad entries refused with a 400 naming the field, nothing stored.
+//! - bad entries refused with a 400 naming the field, nothing stored;
+//! - tunnel streams kept between exchanges, and every exchange on a kept stream checked
+//!   against the intentions again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -19,7 +21,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 use tests::l7::{python_tool, tally, L7Mesh, API_PORT};
-use tests::mesh::{virtual_ip, PROPAGATE};
+use tests::mesh::{metric_sum, virtual_ip, PROPAGATE};
 use tests::sys::RssSampler;
 use tests::{pattern, wait_until};
 
@@ -526,6 +528,71 @@ async fn bad_config_entries_are_refused_naming_the_field_and_nothing_is_stored()
             assert_eq!(r.status, 404, "{} has {path}: {}", node.name(), r.text());
         }
     }
+}
+
+/// Exchanges with another host's instance go on tunnel streams kept from earlier ones, and
+/// the destination checks each exchange on a kept stream against the intentions: a deny
+/// intention refuses the very next request on a stream opened while it was allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_streams_carry_later_exchanges_each_checked_against_the_intentions() {
+    let owned = start().await;
+    let mesh = &owned;
+    let vip = virtual_ip(mesh.a(), "api").await;
+    let url = format!("http://{vip}:{API_PORT}/kept");
+    mesh.protocol(&["api"], "http").await;
+    mesh.wait_tally("api at layer 7 from A", &url, &[], |t| t.len() == 2)
+        .await;
+    let streams = |stream: &'static str| async move {
+        let m = mesh.a().api().metrics().await;
+        metric_sum(
+            &m,
+            "meshd_proxy_http_tunnel_streams_total",
+            &[("stream", stream)],
+        )
+    };
+    let opened = streams("opened").await;
+    let r = mesh.many(mesh.a(), 200, &url, &[], "sequential requests");
+    assert!(r.iter().all(|x| x.status == 200), "{:?}", tally(&r));
+    let (opened_after, reused) = (streams("opened").await, streams("reused").await);
+    assert_eq!(
+        opened_after,
+        opened,
+        "200 sequential requests opened {} new streams",
+        opened_after - opened
+    );
+    assert!(reused >= 200.0, "{reused} exchanges on kept streams");
+
+    // Deny every caller of api: the first refusal comes on a kept stream (no stream opened
+    // for it), as the destination's answer.
+    mesh.a()
+        .api()
+        .put_json(
+            "/v1/connect/intentions/exact?source=*&destination=api",
+            &json!({"Action": "deny"}),
+        )
+        .await
+        .expect_status(200);
+    let one = vec![url.clone()];
+    let refused = tests::wait_for(
+        PROPAGATE,
+        "the deny intention refuses a request",
+        || async {
+            let before = streams("opened").await;
+            let r = mesh.requests(mesh.a(), &one, &[]).ok()?;
+            let after = streams("opened").await;
+            (r[0].status != 200).then_some((r[0].clone(), after - before))
+        },
+    )
+    .await;
+    assert_eq!(refused.0.status, 403, "{refused:?}");
+    assert_eq!(
+        refused.0.header("x-meshd-error").as_deref(),
+        Some("refused_by_destination")
+    );
+    assert_eq!(refused.1, 0.0, "the refused request opened a stream");
+    // Later requests, on kept streams or new ones, are refused too.
+    let r = mesh.many(mesh.a(), 20, &url, &[], "requests after the deny");
+    assert!(r.iter().all(|x| x.status == 403), "{:?}", tally(&r));
 }
 
 /// The instances that answered `n` GETs of `path`, sent one after another on one HTTP/2

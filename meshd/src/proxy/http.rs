@@ -7,9 +7,10 @@
 //! - [`upgrade`]: `Upgrade` (WebSocket) and `CONNECT` requests become byte streams after the
 //!   handshake;
 //! - [`client`]: a healthy endpoint of the target per request, and the request sent to it:
-//!   over a pooled connection ([`pool`]) to an instance on this host, or as one exchange on
-//!   its own tunnel stream ([`frame`], [`body`]) to another host, whose [`inbound`] side checks
-//!   the caller's identity and forwards it to the local instance.
+//!   over a pooled connection ([`pool`]) to an instance on this host, or as an exchange on a
+//!   tunnel stream ([`frame`], [`body`]), kept for the next one ([`streams`]), to another
+//!   host, whose [`inbound`] side checks the caller's identity against the intentions and
+//!   forwards it to the local instance.
 //!
 //! The routes themselves are compiled ahead, with the rest of a destination's decisions
 //! ([`chain`]).
@@ -22,6 +23,7 @@ pub mod inbound;
 pub mod pool;
 pub mod route;
 pub mod server;
+pub mod streams;
 pub mod upgrade;
 
 use bytes::Bytes;

@@ -112,7 +112,7 @@ pub async fn serve(inner: Arc<Inner>, mut s: Incoming) {
             return;
         }
     };
-    if header.mode == Mode::Http {
+    if header.mode != Mode::Stream {
         let h2 = inner
             .decisions
             .table()
@@ -122,7 +122,32 @@ pub async fn serve(inner: Arc<Inner>, mut s: Incoming) {
             return;
         }
         let _open = inner.open_guard(pair.clone());
-        return super::http::inbound::serve(inner.clone(), s.send, s.recv, target, h2, &pair).await;
+        if header.mode == Mode::Http {
+            return super::http::inbound::serve(inner.clone(), s.send, s.recv, target, h2, &pair)
+                .await;
+        }
+        let allowed = || {
+            let caller = match &caller_node {
+                Some(n) => Caller::Node(n),
+                None => Caller::Service(&source),
+            };
+            inner
+                .store
+                .read()
+                .check_intention(caller, &destination)
+                .allowed
+        };
+        let (send, recv) = (s.send, s.recv);
+        return super::http::inbound::serve_exchanges(
+            inner.clone(),
+            send,
+            recv,
+            target,
+            h2,
+            &pair,
+            allowed,
+        )
+        .await;
     }
     let started = Instant::now();
     let tcp = match tokio::time::timeout(

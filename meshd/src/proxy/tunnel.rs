@@ -4,9 +4,9 @@
 //! Wire format, on a fresh bidirectional stream of ALPN `meshd-tunnel/1`:
 //! - header: `1` (version), service name length (u8) and bytes, port (u16, big endian),
 //!   instance ID length (u8) and bytes (empty: any instance of the service with that port);
-//!   version `2` adds a mode byte after them ([`Mode`]: a byte stream, or one HTTP exchange
-//!   framed as [`http::frame`](super::http::frame) says). A byte stream is sent as version 1,
-//!   which hosts of every version read;
+//!   version `2` adds a mode byte after them ([`Mode`]: a byte stream, one HTTP exchange, or
+//!   HTTP exchanges one after another, framed as [`http::frame`](super::http::frame) says). A
+//!   byte stream is sent as version 1, which hosts of every version read;
 //! - answer: a status byte ([`Status`]), a message length (u8) and bytes (why, when refused);
 //! - then the connection's bytes, both ways; a finish is a FIN, a reset is an abort.
 
@@ -28,8 +28,11 @@ pub enum Mode {
     /// The connection's bytes, both ways (layer 4).
     #[default]
     Stream = 0,
-    /// One HTTP request and its response, framed.
+    /// One HTTP request and its response, framed; the stream's finish ends each message.
     Http = 1,
+    /// HTTP requests and their responses one after another, each message ending with its own
+    /// frame, so the caller keeps the stream for its next request to the same instance.
+    Exchanges = 2,
 }
 
 /// What a destination answers a header with.
@@ -107,7 +110,7 @@ impl Header {
         let mut out = Vec::with_capacity(6 + self.service.len() + self.instance.len());
         out.push(match self.mode {
             Mode::Stream => VERSION,
-            Mode::Http => VERSION_MODE,
+            Mode::Http | Mode::Exchanges => VERSION_MODE,
         });
         out.push(s);
         out.extend_from_slice(self.service.as_bytes());
@@ -135,6 +138,7 @@ impl Header {
             _ => match r.read_u8().await.map_err(rd)? {
                 0 => Mode::Stream,
                 1 => Mode::Http,
+                2 => Mode::Exchanges,
                 m => return Err(HeaderError::Mode(m)),
             },
         };
@@ -267,7 +271,7 @@ mod tests {
             instance: "api-1".into(),
             mode: Mode::Stream,
         };
-        for mode in [Mode::Stream, Mode::Http] {
+        for mode in [Mode::Stream, Mode::Http, Mode::Exchanges] {
             let h = Header { mode, ..h.clone() };
             let bytes = h.encode().expect("encode");
             assert_eq!(bytes[0], if mode == Mode::Stream { 1 } else { 2 });

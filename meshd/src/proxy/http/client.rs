@@ -2,10 +2,12 @@
 //!
 //! The endpoint is picked per request by the target's balancer, so the requests of one
 //! keep-alive connection spread over the instances. An instance on this host gets the request
-//! over a pooled connection ([`pool`](super::pool)); one on another host gets it as one
-//! exchange on a new stream of the caller's tunnel connection ([`frame`](super::frame)), the
-//! request body written by a task while the response comes back. A failure to connect is
-//! retried on another endpoint (nothing of the request was sent yet).
+//! over a pooled connection ([`pool`](super::pool)); one on another host gets it as an
+//! exchange on a stream of the caller's tunnel connection ([`frame`](super::frame)): one kept
+//! from an earlier exchange with that instance ([`streams`](super::streams)) or a new one,
+//! the request body written by a task while the response comes back. A failure to connect is
+//! retried on another endpoint (nothing of the request was sent yet); a kept stream that its
+//! host ended meanwhile, on a new stream.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,9 +17,12 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response, StatusCode};
 
-use super::body::{framed, pump};
-use super::frame::{self, FrameReader, RequestHead};
+use tokio::sync::oneshot;
+
+use super::body::{framed_then, pump_delimited};
+use super::frame::{self, FrameError, FrameReader, RequestHead};
 use super::route::Chosen;
+use super::streams::{Kept, Key};
 use super::{boxed, error_response, strip_hop_by_hop, Body};
 use crate::proxy::connect::{ConnectError, Stream};
 use crate::proxy::l4::MAX_ATTEMPTS;
@@ -115,20 +120,48 @@ async fn send(inner: &Arc<Inner>, call: &Call, mut req: Request<Body>) -> Respon
                 }
                 Err(e) => last = e.to_string(),
             },
-            Some(_) => {
+            Some(quic) => {
                 let (head, end) = request_head(&req);
+                let key = Key {
+                    quic,
+                    source: call.source.clone(),
+                    service: target.service.clone(),
+                    instance: ep.instance.clone(),
+                    port: ep.port,
+                };
+                if let Some(kept) = inner.streams.take(&key) {
+                    inner.streams.count(true);
+                    match on_kept(inner, key.clone(), kept, &head, req, end).await {
+                        Ok(resp) => return resp,
+                        Err(back) => req = back,
+                    }
+                }
                 match inner
                     .connect_early(
                         call.source.as_deref(),
                         &target.service,
                         ep,
-                        Mode::Http,
+                        Mode::Exchanges,
                         &head,
                     )
                     .await
                 {
                     Ok(Stream::Tunnel(send, recv)) => {
-                        return exchange(inner, send, recv, req.into_body(), end).await
+                        inner.streams.count(false);
+                        let kept = Kept {
+                            send,
+                            reader: FrameReader::delimited(recv),
+                        };
+                        let body = (!end).then(|| req.into_body());
+                        return exchange_delimited(inner, key, kept, body)
+                            .await
+                            .unwrap_or_else(|e| {
+                                error_response(
+                                    StatusCode::BAD_GATEWAY,
+                                    "upstream_reset",
+                                    e.to_string(),
+                                )
+                            });
                     }
                     Ok(Stream::Tcp(_)) => last = "a tunnel endpoint answered as local".into(),
                     Err(ConnectError::Final(status, why)) => {
@@ -184,40 +217,97 @@ pub fn request_head(req: &Request<Body>) -> (Vec<u8>, bool) {
     (frame::request_head(&head), end)
 }
 
-/// The rest of one exchange on a tunnel stream whose request head was sent: the body (written
-/// by a task, so that a streaming response can come back meanwhile), then the response read
-/// back.
-pub async fn exchange(
+/// An exchange on a kept stream. `Err` gives the request back, untouched, when the stream
+/// proved dead before the destination could have acted on it (the head could not be written,
+/// or the destination ended the stream without an answer): it then goes on a new stream.
+async fn on_kept(
     inner: &Arc<Inner>,
-    mut send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    body: Body,
+    key: Key,
+    mut kept: Kept,
+    head: &[u8],
+    req: Request<Body>,
     end: bool,
-) -> Response<Body> {
-    if end {
-        let _ = send.finish();
-    } else {
-        inner.tasks.spawn(async move {
-            if let Err(e) = pump(body, &mut send).await {
-                tracing::debug!(error = %e, "request body not delivered");
-            }
-        });
+) -> Result<Response<Body>, Request<Body>> {
+    if kept.send.write_all(head).await.is_err() {
+        return Err(req);
     }
-    let mut reader = FrameReader::new(recv);
-    let head = match reader.head().await {
-        Ok(p) => match frame::parse_response_head(&p) {
-            Ok(h) => h,
-            Err(e) => return error_response(StatusCode::BAD_GATEWAY, "bad_frame", e.to_string()),
+    if end {
+        return match exchange_delimited(inner, key, kept, None).await {
+            Ok(resp) => Ok(resp),
+            Err(FrameError::Ended) => Err(req),
+            Err(e) => Ok(error_response(
+                StatusCode::BAD_GATEWAY,
+                "upstream_reset",
+                e.to_string(),
+            )),
+        };
+    }
+    Ok(
+        match exchange_delimited(inner, key, kept, Some(req.into_body())).await {
+            Ok(resp) => resp,
+            Err(e) => error_response(StatusCode::BAD_GATEWAY, "upstream_reset", e.to_string()),
         },
-        Err(e) => return error_response(StatusCode::BAD_GATEWAY, "upstream_reset", e.to_string()),
+    )
+}
+
+/// Where a stream goes once one of its messages ended cleanly.
+enum Then {
+    /// The request was whole already: the stream is kept for the next exchange.
+    Keep(Arc<Inner>, Key, quinn::SendStream),
+    /// The task writing the request body keeps it when that is done too.
+    ToWriter(oneshot::Sender<FrameReader<quinn::RecvStream>>),
+}
+
+impl Then {
+    fn give(self, reader: FrameReader<quinn::RecvStream>) {
+        match self {
+            Then::Keep(inner, key, send) => inner.streams.put(key, Kept { send, reader }),
+            Then::ToWriter(tx) => {
+                let _ = tx.send(reader);
+            }
+        }
+    }
+}
+
+/// The rest of an exchange on a delimited stream whose request head was sent: the body, if
+/// any (written by a task, so that a streaming response can come back meanwhile), then the
+/// response head read back; the stream is kept again when both messages have ended.
+async fn exchange_delimited(
+    inner: &Arc<Inner>,
+    key: Key,
+    kept: Kept,
+    body: Option<Body>,
+) -> Result<Response<Body>, FrameError> {
+    let Kept { send, mut reader } = kept;
+    let then = match body {
+        None => Then::Keep(inner.clone(), key, send),
+        Some(body) => {
+            let (tx, rx) = oneshot::channel();
+            let mut send = send;
+            let owner = inner.clone();
+            inner.tasks.spawn(async move {
+                match pump_delimited(body, &mut send).await {
+                    Ok(_) => {
+                        if let Ok(reader) = rx.await {
+                            owner.streams.put(key, Kept { send, reader });
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "request body not delivered"),
+                }
+            });
+            Then::ToWriter(tx)
+        }
     };
+    let head = frame::parse_response_head(&reader.head().await?)?;
     let body = if head.end {
+        reader.end_message();
+        then.give(reader);
         super::body::empty()
     } else {
-        framed(reader)
+        framed_then(reader, move |r| then.give(r))
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
     *resp.headers_mut() = head.headers;
-    resp
+    Ok(resp)
 }

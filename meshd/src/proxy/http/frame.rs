@@ -1,7 +1,9 @@
-//! One HTTP exchange on one tunnel stream ([`Mode::Http`](crate::proxy::tunnel::Mode)): the
-//! framing both hosts speak after the tunnel header and answer.
+//! HTTP exchanges on tunnel streams: the framing both hosts speak after the tunnel header and
+//! answer, for one exchange per stream ([`Mode::Http`](crate::proxy::tunnel::Mode)) or
+//! several in turn ([`Mode::Exchanges`](crate::proxy::tunnel::Mode)).
 //!
-//! Each direction is a sequence of frames, `type (u8) | length (u32, big endian) | payload`:
+//! Each message (a request, or its response) is a sequence of frames,
+//! `type (u8) | length (u32, big endian) | payload`:
 //! - `HEAD` (1), first and once: a request's method, path-and-query and headers, or a
 //!   response's status and headers; and whether a body follows (a message without one ends
 //!   with its head: gRPC's trailers-only responses must reach the caller as one HTTP/2
@@ -9,11 +11,15 @@
 //! - `DATA` (0), any number: body bytes, passed on as they arrive (never gathered whole);
 //! - `TRAILERS` (2), at most once, last: trailer fields (gRPC's status travels in them).
 //!
-//! The sender's stream finish ends the message; a stream reset is an aborted message (the
-//! receiving host resets its side in turn: HTTP/2 `RST_STREAM`, or an aborted HTTP/1.1
-//! connection). A header block (name u8-length, value u16-length, count u16) is at most
-//! [`MAX_HEAD`] bytes, allocated only after its length is checked; data is read in chunks of at
-//! most [`CHUNK`] bytes, whatever length a frame declares.
+//! With one exchange per stream, the sender's stream finish ends its message. With several,
+//! a message ends with a head that says no body follows, with its trailers, with a `LAST`
+//! data frame (4: the body's last bytes, when the sender knows them to be last) or with an
+//! `END` frame (3, empty); a finish between messages ends the stream's exchanges, one inside a
+//! message is an error. Either way a stream reset is an aborted message (the receiving host
+//! resets its side in turn: HTTP/2 `RST_STREAM`, or an aborted HTTP/1.1 connection), and the
+//! stream is not used again. A header block (name u8-length, value u16-length, count u16) is
+//! at most [`MAX_HEAD`] bytes, allocated only after its length is checked; data is read in
+//! chunks of at most [`CHUNK`] bytes, whatever length a frame declares.
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -27,6 +33,12 @@ pub const CHUNK: usize = 64 * 1024;
 const DATA: u8 = 0;
 const HEAD: u8 = 1;
 const TRAILERS: u8 = 2;
+const END: u8 = 3;
+const DATA_LAST: u8 = 4;
+
+/// The frame that ends a message whose head said a body follows and that has no trailers
+/// (several exchanges per stream only).
+pub const END_FRAME: [u8; 5] = [END, 0, 0, 0, 0];
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -44,6 +56,8 @@ pub enum FrameError {
     AfterTrailers,
     #[error("the message ended before its head")]
     Ended,
+    #[error("the stream finished inside a message")]
+    Truncated,
 }
 
 /// A request's head as framed.
@@ -116,6 +130,14 @@ pub fn response_head(head: &ResponseHead) -> Vec<u8> {
 pub fn data_header(len: usize) -> [u8; 5] {
     let mut h = [DATA, 0, 0, 0, 0];
     h[1..].copy_from_slice(&(len as u32).to_be_bytes());
+    h
+}
+
+/// The header of a DATA frame of `len` bytes that ends its message (several exchanges per
+/// stream only).
+pub fn data_last_header(len: usize) -> [u8; 5] {
+    let mut h = data_header(len);
+    h[0] = DATA_LAST;
     h
 }
 
@@ -210,21 +232,56 @@ pub struct FrameReader<R> {
     left: usize,
     seen_head: bool,
     done: bool,
+    /// Messages end with their own frames (several exchanges per stream).
+    delimited: bool,
+    /// The current DATA frame ends the message.
+    last: bool,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// A reader of one message, which the stream's finish ends.
     pub fn new(r: R) -> FrameReader<R> {
         FrameReader {
             r,
             left: 0,
             seen_head: false,
             done: false,
+            delimited: false,
+            last: false,
         }
     }
 
-    /// The next frame (a DATA frame comes in chunks of at most [`CHUNK`]); `None` at the
-    /// sender's finish.
+    /// A reader of messages one after another, each ending with its own frame.
+    pub fn delimited(r: R) -> FrameReader<R> {
+        FrameReader {
+            delimited: true,
+            ..FrameReader::new(r)
+        }
+    }
+
+    /// Ends the current message (its head said no body follows); the next frame read is the
+    /// head of the next one.
+    pub fn end_message(&mut self) {
+        self.seen_head = false;
+        self.done = false;
+        self.left = 0;
+        self.last = false;
+    }
+
+    /// Whether the frame just read ended the message (a delimited reader's trailers or last
+    /// data): the message is whole, and [`end_message`](Self::end_message) readies the reader
+    /// for the next one.
+    pub fn message_ended(&self) -> bool {
+        self.delimited && self.done && self.left == 0
+    }
+
+    /// The next frame (a DATA frame comes in chunks of at most [`CHUNK`]); `None` at the end
+    /// of the message: the sender's finish, or (delimited) its last frame.
     pub async fn next(&mut self) -> Result<Option<Frame>, FrameError> {
+        if self.delimited && self.done && self.left == 0 {
+            self.end_message();
+            return Ok(None);
+        }
         loop {
             if self.left > 0 {
                 let n = self.left.min(CHUNK);
@@ -235,10 +292,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
                 buf.truncate(got);
                 self.left -= got;
+                if self.left == 0 && self.last {
+                    self.last = false;
+                    self.done = true;
+                }
                 return Ok(Some(Frame::Data(buf.freeze())));
             }
             let mut h = [0u8; 5];
             match self.r.read(&mut h[..1]).await? {
+                0 if self.delimited && self.seen_head => return Err(FrameError::Truncated),
                 0 => return Ok(None),
                 _ => self.r.read_exact(&mut h[1..]).await?,
             };
@@ -250,6 +312,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 DATA if !self.seen_head => return Err(FrameError::NoHead),
                 DATA => {
                     self.left = len;
+                    continue;
+                }
+                DATA_LAST if self.delimited => {
+                    if !self.seen_head {
+                        return Err(FrameError::NoHead);
+                    }
+                    if len == 0 {
+                        return Err(FrameError::Malformed("empty last data frame"));
+                    }
+                    self.left = len;
+                    self.last = true;
                     continue;
                 }
                 HEAD | TRAILERS => {
@@ -276,6 +349,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     self.done = true;
                     let t = Cursor(&p, "trailers").headers()?;
                     return Ok(Some(Frame::Trailers(t)));
+                }
+                END if self.delimited => {
+                    if len != 0 {
+                        return Err(FrameError::Malformed("end frame"));
+                    }
+                    if !self.seen_head {
+                        return Err(FrameError::NoHead);
+                    }
+                    self.end_message();
+                    return Ok(None);
                 }
                 other => return Err(FrameError::Type(other)),
             }
@@ -365,5 +448,72 @@ mod tests {
         ));
         assert!(parse_request_head(&[3, b'G', b'E']).is_err());
         assert!(parse_response_head(&[0, 99, 0, 0, 0]).is_err());
+    }
+
+    #[tokio::test]
+    async fn delimited_messages_follow_one_another_on_one_stream() {
+        let req = |end| RequestHead {
+            method: Method::GET,
+            path: "/".into(),
+            headers: HeaderMap::new(),
+            end,
+        };
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static("0"));
+        let mut wire = request_head(&req(true));
+        wire.extend_from_slice(&request_head(&req(false)));
+        wire.extend_from_slice(&data_header(3));
+        wire.extend_from_slice(b"abc");
+        wire.extend_from_slice(&data_last_header(2));
+        wire.extend_from_slice(b"de");
+        wire.extend_from_slice(&request_head(&req(false)));
+        wire.extend_from_slice(&data_header(1));
+        wire.extend_from_slice(b"f");
+        wire.extend_from_slice(&END_FRAME);
+        wire.extend_from_slice(&request_head(&req(false)));
+        wire.extend_from_slice(&trailers(&t));
+
+        let mut r = FrameReader::delimited(wire.as_slice());
+        // 1: a head that says no body follows.
+        assert!(parse_request_head(&r.head().await.unwrap()).unwrap().end);
+        r.end_message();
+        // 2: data, then last data: the message ends with it.
+        assert!(!parse_request_head(&r.head().await.unwrap()).unwrap().end);
+        assert!(matches!(r.next().await.unwrap(), Some(Frame::Data(d)) if &d[..] == b"abc"));
+        assert!(!r.message_ended());
+        assert!(matches!(r.next().await.unwrap(), Some(Frame::Data(d)) if &d[..] == b"de"));
+        assert!(r.message_ended());
+        r.end_message();
+        // 3: data, then an END frame.
+        r.head().await.unwrap();
+        assert!(matches!(r.next().await.unwrap(), Some(Frame::Data(d)) if &d[..] == b"f"));
+        assert!(r.next().await.unwrap().is_none());
+        // 4: trailers end it.
+        r.head().await.unwrap();
+        assert!(matches!(r.next().await.unwrap(), Some(Frame::Trailers(x)) if x == t));
+        assert!(r.message_ended());
+        assert!(r.next().await.unwrap().is_none());
+        // The finish between messages ends the stream's exchanges.
+        assert!(matches!(r.head().await, Err(FrameError::Ended)));
+
+        // A finish inside a message is an error, not an end.
+        let mut cut = request_head(&req(false));
+        cut.extend_from_slice(&data_header(1));
+        cut.extend_from_slice(b"x");
+        let mut r = FrameReader::delimited(cut.as_slice());
+        r.head().await.unwrap();
+        r.next().await.unwrap();
+        assert!(matches!(r.next().await, Err(FrameError::Truncated)));
+        // END and last data belong to delimited streams only; an empty last frame is bad.
+        let mut one = request_head(&req(false));
+        one.extend_from_slice(&END_FRAME);
+        let mut r = FrameReader::new(one.as_slice());
+        r.head().await.unwrap();
+        assert!(matches!(r.next().await, Err(FrameError::Type(3))));
+        let mut empty = request_head(&req(false));
+        empty.extend_from_slice(&data_last_header(0));
+        let mut r = FrameReader::delimited(empty.as_slice());
+        r.head().await.unwrap();
+        assert!(matches!(r.next().await, Err(FrameError::Malformed(_))));
     }
 }

@@ -1,22 +1,32 @@
-//! The destination side of one HTTP exchange on a tunnel stream (the caller's identity was
-//! checked against the intentions before, by [`proxy::inbound`](crate::proxy::inbound)): the
-//! request is read from its frames and sent to the local instance over a pooled connection
-//! (HTTP/2 for `http2` and `grpc` services, else HTTP/1.1), and the response is framed back
-//! as it comes. A reset on either side is passed on as a reset; an upgrade handshake that the
-//! instance accepts turns the stream into the connection's bytes.
+//! The destination side of HTTP exchanges on a tunnel stream (the caller's identity was
+//! checked against the intentions when the stream opened, by
+//! [`proxy::inbound`](crate::proxy::inbound), and is checked again for every later exchange
+//! on a stream that carries several): the request is read from its frames and sent to the
+//! local instance over a pooled connection (HTTP/2 for `http2` and `grpc` services, else
+//! HTTP/1.1), and the response is framed back as it comes. A reset on either side is passed
+//! on as a reset; an upgrade handshake that the instance accepts turns the stream into the
+//! connection's bytes. A stream of several exchanges ends when the caller finishes it, after
+//! [`IDLE`] without a request, or at shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
+use tokio::sync::oneshot;
 
-use super::body::{self, framed, pump, RESET};
-use super::frame::{self, FrameReader, ResponseHead};
+use super::body::{self, framed, framed_then, pump, pump_delimited, RESET};
+use super::frame::{self, FrameError, FrameReader, RequestHead, ResponseHead};
 use super::upgrade::{handshake_local, Upstream};
 use super::{error_response, strip_hop_by_hop, Body};
 use crate::proxy::connect::{connect_local, Stream};
 use crate::proxy::metrics::{Pair, Request as RequestLabels};
 use crate::proxy::Inner;
+
+/// How long a stream of several exchanges waits for its next request. Longer than the caller
+/// keeps a stream unused ([`streams::MAX_IDLE`](super::streams::MAX_IDLE)), so a caller never
+/// sends on a stream this side is ending.
+pub const IDLE: Duration = Duration::from_secs(60);
 
 /// Serves one exchange for the instance at `instance`, from `pair.source`.
 pub async fn serve(
@@ -40,33 +50,152 @@ pub async fn serve(
             return;
         }
     };
-    let mut req = Request::new(body::empty());
-    *req.method_mut() = head.method;
-    *req.uri_mut() = match head.path.parse() {
-        Ok(u) => u,
-        Err(e) => {
-            let r = error_response(StatusCode::BAD_REQUEST, "bad_request", format!("{e}"));
-            return respond(&mut send, r).await;
-        }
+    let end = head.end;
+    let req = match request(head) {
+        Ok(r) => r,
+        Err(e) => return respond(&mut send, bad_path(e)).await,
     };
-    *req.headers_mut() = head.headers;
-    let head_end = head.end;
     if super::upgrade::is_upgrade(&req) {
         return upgrade(send, reader, req, instance).await;
     }
-    strip_hop_by_hop(req.headers_mut());
-    let req = if head_end {
+    let req = if end {
         req
     } else {
         req.map(|_| framed(reader))
     };
+    let Some(resp) = forward(&inner, req, instance, h2, pair).await else {
+        let _ = send.reset(RESET.into());
+        return;
+    };
+    respond(&mut send, resp).await;
+}
+
+/// Serves the exchanges of a stream that carries several, one after another, for the instance
+/// at `instance`, from `pair.source`; `allowed` says whether the intentions still let the
+/// caller in (asked before every exchange but the first, which the stream's opening checked).
+pub async fn serve_exchanges(
+    inner: Arc<Inner>,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    instance: SocketAddr,
+    h2: bool,
+    pair: &Pair,
+    allowed: impl Fn() -> bool,
+) {
+    let mut reader = FrameReader::delimited(recv);
+    let idle = tokio::time::sleep(IDLE);
+    tokio::pin!(idle);
+    let mut first = true;
+    loop {
+        idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
+        let next = tokio::select! {
+            biased;
+            _ = inner.stopping.cancelled() => None,
+            _ = &mut idle => None,
+            r = reader.head() => Some(r),
+        };
+        let head = match next.map(|r| r.and_then(|p| frame::parse_request_head(&p))) {
+            None | Some(Err(FrameError::Ended)) => {
+                let _ = send.finish();
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "bad exchange from a caller");
+                let _ = send.reset(RESET.into());
+                return;
+            }
+            Some(Ok(h)) => h,
+        };
+        if !first && !allowed() {
+            inner.metrics.denied.get_or_create(pair).inc();
+            tracing::info!(source = %pair.source, destination = %pair.destination,
+                "request denied: the intentions changed");
+            let r = error_response(
+                StatusCode::FORBIDDEN,
+                "refused_by_destination",
+                "denied by the intentions".into(),
+            );
+            if respond_delimited(&mut send, r).await {
+                let _ = send.finish();
+            }
+            return;
+        }
+        first = false;
+        let end = head.end;
+        let req = match request(head) {
+            Ok(r) => r,
+            Err(e) => {
+                respond_delimited(&mut send, bad_path(e)).await;
+                let _ = send.finish();
+                return;
+            }
+        };
+        if super::upgrade::is_upgrade(&req) {
+            return upgrade(send, reader, req, instance).await;
+        }
+        // The stream's reader comes back when the request's body has been read to its end.
+        let (req, waiting) = if end {
+            reader.end_message();
+            (req, Ok(reader))
+        } else {
+            let (tx, rx) = oneshot::channel();
+            let body = framed_then(reader, move |r| {
+                let _ = tx.send(r);
+            });
+            (req.map(|_| body), Err(rx))
+        };
+        let Some(resp) = forward(&inner, req, instance, h2, pair).await else {
+            let _ = send.reset(RESET.into());
+            return;
+        };
+        if !respond_delimited(&mut send, resp).await {
+            return;
+        }
+        reader = match waiting {
+            Ok(r) => r,
+            Err(rx) => match rx.await {
+                Ok(r) => r,
+                Err(_) => {
+                    // The instance answered without reading the whole request.
+                    let _ = send.reset(RESET.into());
+                    return;
+                }
+            },
+        };
+    }
+}
+
+/// The request a head describes (an empty body: the caller puts the framed one in when the
+/// head says one follows); an error when its path is not a URI.
+fn request(head: RequestHead) -> Result<Request<Body>, http::uri::InvalidUri> {
+    let mut req = Request::new(body::empty());
+    *req.method_mut() = head.method;
+    *req.uri_mut() = head.path.parse()?;
+    *req.headers_mut() = head.headers;
+    Ok(req)
+}
+
+/// meshd's answer to a request whose path is not a URI.
+fn bad_path(e: http::uri::InvalidUri) -> Response<Body> {
+    error_response(StatusCode::BAD_REQUEST, "bad_request", format!("{e}"))
+}
+
+/// Sends `req` to the local instance; `None` when the instance failed it (the caller resets
+/// the stream). A pool failure is meshd's own 503.
+async fn forward(
+    inner: &Arc<Inner>,
+    mut req: Request<Body>,
+    instance: SocketAddr,
+    h2: bool,
+    pair: &Pair,
+) -> Option<Response<Body>> {
+    strip_hop_by_hop(req.headers_mut());
     let resp = match inner.pool.checkout(instance, h2).await {
         Ok(sender) => match sender.send(req).await {
             Ok(r) => r.map(super::boxed),
             Err(e) => {
                 tracing::debug!(%instance, error = %e, "local instance failed the request");
-                let _ = send.reset(RESET.into());
-                return;
+                return None;
             }
         },
         Err(e) => error_response(
@@ -85,7 +214,34 @@ pub async fn serve(
             code: resp.status().as_u16(),
         })
         .inc();
-    respond(&mut send, resp).await;
+    Some(resp)
+}
+
+/// Frames `resp` back on a stream of several exchanges, to the end of its message; whether the
+/// stream can carry the next one.
+async fn respond_delimited(send: &mut quinn::SendStream, resp: Response<Body>) -> bool {
+    let (parts, body) = resp.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    let end = http_body::Body::is_end_stream(&body);
+    let head = ResponseHead {
+        status: parts.status,
+        headers,
+        end,
+    };
+    if send.write_all(&frame::response_head(&head)).await.is_err() {
+        return false;
+    }
+    if end {
+        return true;
+    }
+    match pump_delimited(body, send).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "response body not delivered");
+            false
+        }
+    }
 }
 
 /// Frames `resp` back: its head, then its body as it comes.
