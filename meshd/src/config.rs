@@ -472,6 +472,22 @@ mod tests {
     }
 
     #[test]
+    fn worker_threads_are_bounded() {
+        let mut a = args();
+        for (text, want) in [("", Ok(None)), ("worker_threads = 2\n", Ok(Some(2)))] {
+            let f = write(text);
+            a.config = Some(f.path().to_path_buf());
+            assert_eq!(build(&a).map(|c| c.worker_threads).map_err(|_| ()), want);
+        }
+        for bad in ["0", "1025"] {
+            let f = write(&format!("worker_threads = {bad}\n"));
+            a.config = Some(f.path().to_path_buf());
+            let e = build(&a).expect_err("out of range").to_string();
+            assert!(e.contains("worker_threads") && e.contains("1 to 1024"), "{e}");
+        }
+    }
+
+    #[test]
     fn flags_override_file() {
         let f = write("node_name = \"from-file\"\ndatacenter = \"east\"\n");
         let mut a = args();

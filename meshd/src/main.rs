@@ -27,6 +27,12 @@ mod validate;
 
 use clap::Parser;
 
+/// mimalloc rather than glibc's malloc: the data plane allocates and frees small buffers and
+/// futures per request across threads, where glibc's arenas spent 5–8 % of meshd's samples
+/// (tests/bench/RESULTS.md has the A/B).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     match cli.command {

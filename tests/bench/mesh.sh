@@ -21,6 +21,7 @@
 #        ROUNDS=1     repetitions, variant order alternating   BULK_BYTES=1073741824
 #        VARIANTS="direct haproxy haproxy_http meshd meshd_l7"
 #        THREADS=2    threads of each proxy process (HAProxy nbthread, meshd worker_threads)
+#        MESHD=path   the meshd binary (default: this tree's release build)
 # Prints one JSON line per run, then a Markdown summary with the ratios. Not run by CI; every
 # run is bounded by DURATION (wrk) or a timeout (bulk); everything it starts and the
 # namespaces are removed on exit, also on failure.
@@ -59,6 +60,7 @@ else
 fi
 cargo build --release -q -p tests --bin benchserver
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+MESHD="${MESHD:-$BIN/meshd}" # another build of meshd, for an A/B run
 log "commit $(git rev-parse --short HEAD), $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $THREADS threads per proxy"
 
 ID="mb$$"
@@ -266,10 +268,10 @@ join_token = "bench"
 log_level = "warn"
 worker_threads = $THREADS
 EOF
-    bg "$NA" "$WORK/meshd-a.log" "$BIN/meshd" agent --config "$WORK/a.toml"
+    bg "$NA" "$WORK/meshd-a.log" "$MESHD" agent --config "$WORK/a.toml"
     MESHD_A=${PIDS[-1]}
     wait_port "$NA" 127.0.0.1 8500
-    bg "$NB" "$WORK/meshd-b.log" "$BIN/meshd" agent --config "$WORK/b.toml"
+    bg "$NB" "$WORK/meshd-b.log" "$MESHD" agent --config "$WORK/b.toml"
     MESHD_B=${PIDS[-1]}
     wait_port "$NB" 127.0.0.1 8500
     for _ in $(seq 1 100); do

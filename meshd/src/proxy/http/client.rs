@@ -20,7 +20,7 @@ use http::{Request, Response, StatusCode};
 use tokio::sync::oneshot;
 
 use super::body::{framed_then, pump_delimited};
-use super::frame::{self, FrameError, FrameReader, RequestHead};
+use super::frame::{self, FrameError, FrameReader};
 use super::route::Chosen;
 use super::streams::{Kept, Key};
 use super::{boxed, error_response, strip_hop_by_hop, Body};
@@ -121,7 +121,7 @@ async fn send(inner: &Arc<Inner>, call: &Call, mut req: Request<Body>) -> Respon
                 Err(e) => last = e.to_string(),
             },
             Some(quic) => {
-                let (head, end) = request_head(&req);
+                let (head, end) = request_head(&mut req);
                 let key = Key {
                     quic,
                     source: call.source.clone(),
@@ -193,28 +193,22 @@ async fn send(inner: &Arc<Inner>, call: &Call, mut req: Request<Body>) -> Respon
     )
 }
 
-/// The HEAD frame of `req` (with `Host` from the URI's authority when it has none), and
+/// The HEAD frame of `req` (given `Host` from the URI's authority when it has none), and
 /// whether it is the whole request (no body follows).
-pub fn request_head(req: &Request<Body>) -> (Vec<u8>, bool) {
+pub fn request_head(req: &mut Request<Body>) -> (Vec<u8>, bool) {
     let end = http_body::Body::is_end_stream(req.body());
-    let mut headers = req.headers().clone();
-    if !headers.contains_key(http::header::HOST) {
-        if let Some(a) = req.uri().authority() {
-            if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
-                headers.insert(http::header::HOST, v);
-            }
+    if !req.headers().contains_key(http::header::HOST) {
+        let host = req
+            .uri()
+            .authority()
+            .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok());
+        if let Some(v) = host {
+            req.headers_mut().insert(http::header::HOST, v);
         }
     }
-    let head = RequestHead {
-        method: req.method().clone(),
-        path: req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
-        headers,
-        end,
-    };
-    (frame::request_head(&head), end)
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let head = frame::encode_request_head(req.method(), path, req.headers(), end);
+    (head, end)
 }
 
 /// An exchange on a kept stream. `Err` gives the request back, untouched, when the stream

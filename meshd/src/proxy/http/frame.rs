@@ -104,16 +104,21 @@ fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
 
 /// The frame of a request head.
 pub fn request_head(head: &RequestHead) -> Vec<u8> {
+    encode_request_head(&head.method, &head.path, &head.headers, head.end)
+}
+
+/// The frame of a request head, from its parts.
+pub fn encode_request_head(method: &Method, path: &str, headers: &HeaderMap, end: bool) -> Vec<u8> {
     let mut p = Vec::with_capacity(256);
-    let m = head.method.as_str().as_bytes();
+    let m = method.as_str().as_bytes();
     p.push(m.len().min(255) as u8);
     p.extend_from_slice(&m[..m.len().min(255)]);
-    let path = head.path.as_bytes();
+    let path = path.as_bytes();
     let plen = path.len().min(usize::from(u16::MAX));
     p.extend_from_slice(&(plen as u16).to_be_bytes());
     p.extend_from_slice(&path[..plen]);
-    p.push(u8::from(head.end));
-    put_headers(&mut p, &head.headers);
+    p.push(u8::from(end));
+    put_headers(&mut p, headers);
     frame(HEAD, &p)
 }
 
