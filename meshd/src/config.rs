@@ -483,7 +483,10 @@ mod tests {
             let f = write(&format!("worker_threads = {bad}\n"));
             a.config = Some(f.path().to_path_buf());
             let e = build(&a).expect_err("out of range").to_string();
-            assert!(e.contains("worker_threads") && e.contains("1 to 1024"), "{e}");
+            assert!(
+                e.contains("worker_threads") && e.contains("1 to 1024"),
+                "{e}"
+            );
         }
     }
 

@@ -12,9 +12,12 @@
 //!   `Content-Length: n`. Tests compute the expected digest with [`tests::pattern::sha256_hex`].
 //! - `POST|PUT /sha256`: reads the request body as it streams and answers
 //!   `{"bytes":N,"sha256":"hex"}`.
-//! - `/reset-after/{n}`: headers with `Content-Length: n + 65536`, `n` bytes of the stream,
-//!   then the connection is reset (SO_LINGER 0 and close; an HTTP/2 stream gets RST_STREAM):
-//!   a client must see an error, never a short success.
+//! - `/reset-after/{n}?token=T`: headers with `Content-Length: n + 65536`, `n` bytes of the
+//!   stream, then, once `/cut/T` is asked (the client has the `n` bytes, so the reset is sure
+//!   to come in the middle of the response; at the latest after [`CUT_WAIT`]), the connection
+//!   is reset (SO_LINGER 0 and close; an HTTP/2 stream gets RST_STREAM): a client must see an
+//!   error, never a short success.
+//! - `/cut/T`: releases the reset of `/reset-after/{n}?token=T` (404 if none waits).
 //! - anything else: `{"instance","method","path","query","version","headers":{..}}`.
 //!
 //! WebSocket echo is `tests/python-tools/ws_peer.py` (the `websockets` package), not here.
@@ -36,9 +39,10 @@ use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::json;
+use std::collections::HashMap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use tests::pattern;
 
@@ -46,6 +50,12 @@ use tests::pattern;
 const CHUNK: usize = 64 * 1024;
 /// How much longer than what it sends `/reset-after/{n}` says its body is.
 const RESET_SHORTFALL: u64 = 65536;
+/// The longest a `/reset-after/` response waits for its `/cut/`.
+const CUT_WAIT: Duration = Duration::from_secs(30);
+
+/// The `/reset-after/` responses waiting for their `/cut/`, by token.
+static CUTS: std::sync::LazyLock<std::sync::Mutex<HashMap<String, oneshot::Sender<()>>>> =
+    std::sync::LazyLock::new(Default::default);
 
 type RespBody = http_body_util::combinators::BoxBody<Bytes, io::Error>;
 
@@ -129,10 +139,32 @@ async fn handle(req: Request<Incoming>, name: &str, reset: &Arc<AtomicBool>) -> 
     } else if path == "/sha256" && matches!(*req.method(), Method::POST | Method::PUT) {
         sha256(req).await
     } else if let Some(n) = path.strip_prefix("/reset-after/") {
+        let token = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
+            .unwrap_or_default()
+            .to_string();
         match n.parse::<u64>() {
             // HTTP/2: only the stream is reset, so the flag for the connection stays down.
-            Ok(n) => reset_after(n, (req.version() != Version::HTTP_2).then(|| reset.clone())),
+            Ok(n) => reset_after(
+                n,
+                token,
+                (req.version() != Version::HTTP_2).then(|| reset.clone()),
+            ),
             Err(_) => text(StatusCode::BAD_REQUEST, "bad length"),
+        }
+    } else if let Some(token) = path.strip_prefix("/cut/") {
+        let waiting = CUTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(token);
+        match waiting {
+            Some(tx) => {
+                let _ = tx.send(());
+                text(StatusCode::OK, "cut")
+            }
+            None => text(StatusCode::NOT_FOUND, "nothing waits for that token"),
         }
     } else {
         echo(&req, name)
@@ -261,11 +293,15 @@ async fn sha256(req: Request<Incoming>) -> Response<RespBody> {
     json_response(json!({"bytes": n, "sha256": sha.finish_hex()}))
 }
 
-/// Promises `n + RESET_SHORTFALL` bytes, sends `n`, then fails the body: hyper drops the
-/// connection (HTTP/1.1) or resets the stream (HTTP/2). With `reset` (HTTP/1.1) the drop is a
-/// TCP reset. The pause before failing lets hyper flush the `n` bytes it holds.
-fn reset_after(n: u64, reset: Option<Arc<AtomicBool>>) -> Response<RespBody> {
+/// Promises `n + RESET_SHORTFALL` bytes, sends `n`, waits for `/cut/{token}`, then fails the
+/// body: hyper drops the connection (HTTP/1.1) or resets the stream (HTTP/2). With `reset`
+/// (HTTP/1.1) the drop is a TCP reset.
+fn reset_after(n: u64, token: String, reset: Option<Arc<AtomicBool>>) -> Response<RespBody> {
     let (tx, body) = ChanBody::new();
+    let (cut_tx, cut) = oneshot::channel();
+    CUTS.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(token, cut_tx);
     tokio::spawn(async move {
         let mut pos = 0u64;
         while pos < n {
@@ -277,7 +313,7 @@ fn reset_after(n: u64, reset: Option<Arc<AtomicBool>>) -> Response<RespBody> {
             }
             pos += k as u64;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = tokio::time::timeout(CUT_WAIT, cut).await;
         if let Some(r) = reset {
             r.store(true, Ordering::SeqCst);
         }
