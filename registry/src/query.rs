@@ -3,7 +3,7 @@
 //! A blocking query waits until the index of *its* data passes the one it holds, so each read
 //! here comes with the narrowest index that covers it: one service name, one node, one key.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use crate::model::{CaRoot, Check, KvEntry, Member, Node, Service, Status, VirtualIp};
@@ -110,17 +110,42 @@ impl State {
 
     /// The instances of a service with the checks that decide their health.
     pub fn health_service(&self, name: &str) -> Vec<HealthEntry<'_>> {
-        self.service_instances(name)
+        let mut entries: Vec<HealthEntry<'_>> = self
+            .service_instances(name)
             .into_iter()
             .map(|(node, service)| HealthEntry {
                 node,
                 service,
-                checks: self
-                    .node_checks(&node.node)
-                    .filter(|c| c.service_id.is_empty() || c.service_id == service.id)
-                    .collect(),
+                checks: Vec::new(),
             })
-            .collect()
+            .collect();
+        // One pass over each node's checks for all of the service's instances on it (not one
+        // per instance: a node with thousands of services made a service's health cost its
+        // instances times the node's checks), in check ID order as before.
+        let mut on_node: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            let node: &Node = e.node;
+            on_node.entry(node.node.as_str()).or_default().push(i);
+        }
+        for (node, idxs) in on_node {
+            let by_id: HashMap<&str, usize> = idxs
+                .iter()
+                .map(|&i| {
+                    let service: &Service = entries[i].service;
+                    (service.id.as_str(), i)
+                })
+                .collect();
+            for c in self.node_checks(node) {
+                if c.service_id.is_empty() {
+                    for &i in &idxs {
+                        entries[i].checks.push(c);
+                    }
+                } else if let Some(&i) = by_id.get(c.service_id.as_str()) {
+                    entries[i].checks.push(c);
+                }
+            }
+        }
+        entries
     }
 
     /// The checks of every instance of a service.

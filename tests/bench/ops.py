@@ -24,7 +24,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MESHD = os.path.join(ROOT, "target", "release", "meshd")
+MESHD = os.environ.get("MESHD") or os.path.join(ROOT, "target", "release", "meshd")  # MESHD=path: another build
 TIMEOUT = 120.0
 
 

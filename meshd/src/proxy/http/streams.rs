@@ -27,10 +27,14 @@ use super::frame::FrameReader;
 
 /// The longest a kept stream waits for its next exchange.
 pub const MAX_IDLE: Duration = Duration::from_secs(20);
-/// Kept streams per instance (caller identity, host, service, instance).
-pub const PER_TARGET: usize = 64;
-/// Kept streams per tunnel connection (caller identity and host).
-pub const PER_CONNECTION: usize = 256;
+/// Kept streams per instance (caller identity, host, service, instance): as many as requests
+/// to it may be in flight at once from one busy host (fewer, and a burst past them opens and
+/// drops a stream per request).
+pub const PER_TARGET: usize = 256;
+/// Kept streams per tunnel connection (caller identity and host): half of the streams a
+/// destination lets a connection have open at once (`MAX_BIDI_STREAMS`, 1024), so the other
+/// half is always there for new ones.
+pub const PER_CONNECTION: usize = 512;
 
 /// Which streams may carry an exchange: the same caller identity, host and instance.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
