@@ -93,7 +93,7 @@ log "$("$NSD" -v 2>&1 | head -1); dnsperf $(dnsperf -h 2>&1 | sed -n 's/^Version
 log "building meshd and the tests crate (release)"
 cargo build --release -q -p meshd -p tests
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-MESHD="$TARGET_DIR/release/meshd"
+MESHD="${MESHD:-$TARGET_DIR/release/meshd}" # MESHD=path: another build, for an A/B run
 DNSCHURN="$TARGET_DIR/release/dnschurn"
 [[ -x $MESHD && -x $DNSCHURN ]] || die "built binaries not found under $TARGET_DIR/release"
 log "commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- registry meshd \
