@@ -220,6 +220,22 @@ async fn forward(
 /// Frames `resp` back on a stream of several exchanges, to the end of its message; whether the
 /// stream can carry the next one.
 async fn respond_delimited(send: &mut quinn::SendStream, resp: Response<Body>) -> bool {
+    respond_framed(send, resp, true).await
+}
+
+/// Frames `resp` back on a stream of one exchange: its head, then its body as it comes, then
+/// the stream's finish.
+async fn respond(send: &mut quinn::SendStream, resp: Response<Body>) {
+    respond_framed(send, resp, false).await;
+}
+
+/// Frames `resp`: its head, then its body as it comes; the message ends with its own frames
+/// (`delimited`) or the stream's finish. Whether it was all written.
+async fn respond_framed(
+    send: &mut quinn::SendStream,
+    resp: Response<Body>,
+    delimited: bool,
+) -> bool {
     let (parts, body) = resp.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
@@ -233,37 +249,22 @@ async fn respond_delimited(send: &mut quinn::SendStream, resp: Response<Body>) -
         return false;
     }
     if end {
+        if !delimited {
+            let _ = send.finish();
+        }
         return true;
     }
-    match pump_delimited(body, send).await {
+    let pumped = if delimited {
+        pump_delimited(body, send).await
+    } else {
+        pump(body, send).await
+    };
+    match pumped {
         Ok(_) => true,
         Err(e) => {
             tracing::debug!(error = %e, "response body not delivered");
             false
         }
-    }
-}
-
-/// Frames `resp` back: its head, then its body as it comes.
-async fn respond(send: &mut quinn::SendStream, resp: Response<Body>) {
-    let (parts, body) = resp.into_parts();
-    let mut headers = parts.headers;
-    strip_hop_by_hop(&mut headers);
-    let end = http_body::Body::is_end_stream(&body);
-    let head = ResponseHead {
-        status: parts.status,
-        headers,
-        end,
-    };
-    if send.write_all(&frame::response_head(&head)).await.is_err() {
-        return;
-    }
-    if end {
-        let _ = send.finish();
-        return;
-    }
-    if let Err(e) = pump(body, send).await {
-        tracing::debug!(error = %e, "response body not delivered");
     }
 }
 
