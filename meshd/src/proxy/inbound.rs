@@ -60,12 +60,12 @@ pub async fn serve(inner: Arc<Inner>, mut s: Incoming) {
         }
     };
     let destination = header.service.clone();
+    let caller = match &caller_node {
+        Some(n) => Caller::Node(n),
+        None => Caller::Service(&source),
+    };
     let (decision, target) = {
         let st = inner.store.read();
-        let caller = match &caller_node {
-            Some(n) => Caller::Node(n),
-            None => Caller::Service(&source),
-        };
         let decision = st.check_intention(caller, &destination);
         let target = st
             .node_services(&inner.node)
@@ -122,32 +122,17 @@ pub async fn serve(inner: Arc<Inner>, mut s: Incoming) {
             return;
         }
         let _open = inner.open_guard(pair.clone());
-        if header.mode == Mode::Http {
-            return super::http::inbound::serve(inner.clone(), s.send, s.recv, target, h2, &pair)
-                .await;
-        }
         let allowed = || {
-            let caller = match &caller_node {
-                Some(n) => Caller::Node(n),
-                None => Caller::Service(&source),
-            };
             inner
                 .store
                 .read()
                 .check_intention(caller, &destination)
                 .allowed
         };
+        let several = (header.mode == Mode::Exchanges).then_some(allowed);
         let (send, recv) = (s.send, s.recv);
-        return super::http::inbound::serve_exchanges(
-            inner.clone(),
-            send,
-            recv,
-            target,
-            h2,
-            &pair,
-            allowed,
-        )
-        .await;
+        return super::http::inbound::serve(inner.clone(), send, recv, target, h2, &pair, several)
+            .await;
     }
     let started = Instant::now();
     let tcp = match tokio::time::timeout(

@@ -155,13 +155,7 @@ async fn send(inner: &Arc<Inner>, call: &Call, mut req: Request<Body>) -> Respon
                         let body = (!end).then(|| req.into_body());
                         return exchange_delimited(inner, key, kept, body)
                             .await
-                            .unwrap_or_else(|e| {
-                                error_response(
-                                    StatusCode::BAD_GATEWAY,
-                                    "upstream_reset",
-                                    e.to_string(),
-                                )
-                            });
+                            .unwrap_or_else(upstream_reset);
                     }
                     Ok(Stream::Tcp(_)) => last = "a tunnel endpoint answered as local".into(),
                     Err(ConnectError::Final(status, why)) => {
@@ -225,23 +219,21 @@ async fn on_kept(
     if kept.send.write_all(head).await.is_err() {
         return Err(req);
     }
-    if end {
-        return match exchange_delimited(inner, key, kept, None).await {
-            Ok(resp) => Ok(resp),
-            Err(FrameError::Ended) => Err(req),
-            Err(e) => Ok(error_response(
-                StatusCode::BAD_GATEWAY,
-                "upstream_reset",
-                e.to_string(),
-            )),
-        };
+    // A request without a body is still whole here, to be sent again if need be.
+    let (body, whole) = if end {
+        (None, Some(req))
+    } else {
+        (Some(req.into_body()), None)
+    };
+    match (exchange_delimited(inner, key, kept, body).await, whole) {
+        (Err(FrameError::Ended), Some(req)) => Err(req),
+        (r, _) => Ok(r.unwrap_or_else(upstream_reset)),
     }
-    Ok(
-        match exchange_delimited(inner, key, kept, Some(req.into_body())).await {
-            Ok(resp) => resp,
-            Err(e) => error_response(StatusCode::BAD_GATEWAY, "upstream_reset", e.to_string()),
-        },
-    )
+}
+
+/// meshd's answer when the exchange's stream failed before a response head came back.
+fn upstream_reset(e: FrameError) -> Response<Body> {
+    error_response(StatusCode::BAD_GATEWAY, "upstream_reset", e.to_string())
 }
 
 /// Where a stream goes once one of its messages ended cleanly.

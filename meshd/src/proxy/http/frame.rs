@@ -264,6 +264,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Whether messages end with their own frames (several exchanges per stream).
+    pub fn is_delimited(&self) -> bool {
+        self.delimited
+    }
+
     /// Ends the current message (its head said no body follows); the next frame read is the
     /// head of the next one.
     pub fn end_message(&mut self) {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use tokio::sync::oneshot;
 
-use super::body::{self, framed, framed_then, pump, pump_delimited, RESET};
+use super::body::{self, framed_then, pump, pump_delimited, RESET};
 use super::frame::{self, FrameError, FrameReader, RequestHead, ResponseHead};
 use super::upgrade::{handshake_local, Upstream};
 use super::{error_response, strip_hop_by_hop, Body};
@@ -28,7 +28,10 @@ use crate::proxy::Inner;
 /// sends on a stream this side is ending.
 pub const IDLE: Duration = Duration::from_secs(60);
 
-/// Serves one exchange for the instance at `instance`, from `pair.source`.
+/// Serves the exchanges of a tunnel stream for the instance at `instance`, from
+/// `pair.source`: one, or with `several` one after another, each time asking whether the
+/// intentions still let the caller in (before every exchange but the first, which the
+/// stream's opening checked).
 pub async fn serve(
     inner: Arc<Inner>,
     mut send: quinn::SendStream,
@@ -36,52 +39,16 @@ pub async fn serve(
     instance: SocketAddr,
     h2: bool,
     pair: &Pair,
+    several: Option<impl Fn() -> bool>,
 ) {
-    let mut reader = FrameReader::new(recv);
-    let head = match reader
-        .head()
-        .await
-        .and_then(|p| frame::parse_request_head(&p))
-    {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::debug!(error = %e, "bad exchange from a caller");
-            let _ = send.reset(RESET.into());
-            return;
+    let Some(allowed) = several else {
+        let mut reader = FrameReader::new(recv);
+        let read = reader.head().await;
+        if let Some(head) = head_or_reset(read, &mut send) {
+            exchange(&inner, send, reader, head, instance, h2, pair).await;
         }
-    };
-    let end = head.end;
-    let req = match request(head) {
-        Ok(r) => r,
-        Err(e) => return respond(&mut send, bad_path(e)).await,
-    };
-    if super::upgrade::is_upgrade(&req) {
-        return upgrade(send, reader, req, instance).await;
-    }
-    let req = if end {
-        req
-    } else {
-        req.map(|_| framed(reader))
-    };
-    let Some(resp) = forward(&inner, req, instance, h2, pair).await else {
-        let _ = send.reset(RESET.into());
         return;
     };
-    respond(&mut send, resp).await;
-}
-
-/// Serves the exchanges of a stream that carries several, one after another, for the instance
-/// at `instance`, from `pair.source`; `allowed` says whether the intentions still let the
-/// caller in (asked before every exchange but the first, which the stream's opening checked).
-pub async fn serve_exchanges(
-    inner: Arc<Inner>,
-    mut send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    instance: SocketAddr,
-    h2: bool,
-    pair: &Pair,
-    allowed: impl Fn() -> bool,
-) {
     let mut reader = FrameReader::delimited(recv);
     let idle = tokio::time::sleep(IDLE);
     tokio::pin!(idle);
@@ -94,17 +61,15 @@ pub async fn serve_exchanges(
             _ = &mut idle => None,
             r = reader.head() => Some(r),
         };
-        let head = match next.map(|r| r.and_then(|p| frame::parse_request_head(&p))) {
+        let read = match next {
             None | Some(Err(FrameError::Ended)) => {
                 let _ = send.finish();
                 return;
             }
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "bad exchange from a caller");
-                let _ = send.reset(RESET.into());
-                return;
-            }
-            Some(Ok(h)) => h,
+            Some(read) => read,
+        };
+        let Some(head) = head_or_reset(read, &mut send) else {
+            return;
         };
         if !first && !allowed() {
             inner.metrics.denied.get_or_create(pair).inc();
@@ -115,54 +80,92 @@ pub async fn serve_exchanges(
                 "refused_by_destination",
                 "denied by the intentions".into(),
             );
-            if respond_delimited(&mut send, r).await {
+            if respond_framed(&mut send, r, true).await {
                 let _ = send.finish();
             }
             return;
         }
         first = false;
-        let end = head.end;
-        let req = match request(head) {
-            Ok(r) => r,
-            Err(e) => {
-                respond_delimited(&mut send, bad_path(e)).await;
-                let _ = send.finish();
-                return;
-            }
-        };
-        if super::upgrade::is_upgrade(&req) {
-            return upgrade(send, reader, req, instance).await;
+        match exchange(&inner, send, reader, head, instance, h2, pair).await {
+            Some((s, r)) => (send, reader) = (s, r),
+            None => return,
         }
-        // The stream's reader comes back when the request's body has been read to its end.
-        let (req, waiting) = if end {
-            reader.end_message();
-            (req, Ok(reader))
-        } else {
-            let (tx, rx) = oneshot::channel();
-            let body = framed_then(reader, move |r| {
-                let _ = tx.send(r);
-            });
-            (req.map(|_| body), Err(rx))
-        };
-        let Some(resp) = forward(&inner, req, instance, h2, pair).await else {
-            let _ = send.reset(RESET.into());
-            return;
-        };
-        if !respond_delimited(&mut send, resp).await {
-            return;
-        }
-        reader = match waiting {
-            Ok(r) => r,
-            Err(rx) => match rx.await {
-                Ok(r) => r,
-                Err(_) => {
-                    // The instance answered without reading the whole request.
-                    let _ = send.reset(RESET.into());
-                    return;
-                }
-            },
-        };
     }
+}
+
+/// The request head a read gave, parsed; a bad one resets the stream (`None`).
+fn head_or_reset(
+    read: Result<bytes::Bytes, FrameError>,
+    send: &mut quinn::SendStream,
+) -> Option<RequestHead> {
+    match read.and_then(|p| frame::parse_request_head(&p)) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::debug!(error = %e, "bad exchange from a caller");
+            let _ = send.reset(RESET.into());
+            None
+        }
+    }
+}
+
+/// One exchange whose head was read: the request sent to the instance, the response framed
+/// back. On a delimited stream whose two messages both ended cleanly, the stream comes back
+/// for the next exchange; otherwise it has been finished or reset.
+async fn exchange(
+    inner: &Arc<Inner>,
+    mut send: quinn::SendStream,
+    mut reader: FrameReader<quinn::RecvStream>,
+    head: RequestHead,
+    instance: SocketAddr,
+    h2: bool,
+    pair: &Pair,
+) -> Option<(quinn::SendStream, FrameReader<quinn::RecvStream>)> {
+    let delimited = reader.is_delimited();
+    let end = head.end;
+    let req = match request(head) {
+        Ok(r) => r,
+        Err(e) => {
+            let r = error_response(StatusCode::BAD_REQUEST, "bad_request", format!("{e}"));
+            if respond_framed(&mut send, r, delimited).await && delimited {
+                let _ = send.finish();
+            }
+            return None;
+        }
+    };
+    if super::upgrade::is_upgrade(&req) {
+        upgrade(send, reader, req, instance).await;
+        return None;
+    }
+    // The stream's reader comes back when the request's body has been read to its end.
+    let (req, waiting) = if end {
+        reader.end_message();
+        (req, Ok(reader))
+    } else {
+        let (tx, rx) = oneshot::channel();
+        let body = framed_then(reader, move |r| {
+            let _ = tx.send(r);
+        });
+        (req.map(|_| body), Err(rx))
+    };
+    let Some(resp) = forward(inner, req, instance, h2, pair).await else {
+        let _ = send.reset(RESET.into());
+        return None;
+    };
+    if !respond_framed(&mut send, resp, delimited).await || !delimited {
+        return None;
+    }
+    let reader = match waiting {
+        Ok(r) => r,
+        Err(rx) => match rx.await {
+            Ok(r) => r,
+            Err(_) => {
+                // The instance answered without reading the whole request.
+                let _ = send.reset(RESET.into());
+                return None;
+            }
+        },
+    };
+    Some((send, reader))
 }
 
 /// The request a head describes (an empty body: the caller puts the framed one in when the
@@ -173,11 +176,6 @@ fn request(head: RequestHead) -> Result<Request<Body>, http::uri::InvalidUri> {
     *req.uri_mut() = head.path.parse()?;
     *req.headers_mut() = head.headers;
     Ok(req)
-}
-
-/// meshd's answer to a request whose path is not a URI.
-fn bad_path(e: http::uri::InvalidUri) -> Response<Body> {
-    error_response(StatusCode::BAD_REQUEST, "bad_request", format!("{e}"))
 }
 
 /// Sends `req` to the local instance; `None` when the instance failed it (the caller resets
@@ -215,18 +213,6 @@ async fn forward(
         })
         .inc();
     Some(resp)
-}
-
-/// Frames `resp` back on a stream of several exchanges, to the end of its message; whether the
-/// stream can carry the next one.
-async fn respond_delimited(send: &mut quinn::SendStream, resp: Response<Body>) -> bool {
-    respond_framed(send, resp, true).await
-}
-
-/// Frames `resp` back on a stream of one exchange: its head, then its body as it comes, then
-/// the stream's finish.
-async fn respond(send: &mut quinn::SendStream, resp: Response<Body>) {
-    respond_framed(send, resp, false).await;
 }
 
 /// Frames `resp`: its head, then its body as it comes; the message ends with its own frames
@@ -282,18 +268,21 @@ async fn upgrade(
                 "connect_failed",
                 e.to_string(),
             );
-            return respond(&mut send, r).await;
+            respond_framed(&mut send, r, false).await;
+            return;
         }
     };
     let (resp, upstream) = match handshake_local(tcp, req).await {
         Ok(r) => r,
         Err(e) => {
             let r = error_response(StatusCode::BAD_GATEWAY, "upstream_reset", e);
-            return respond(&mut send, r).await;
+            respond_framed(&mut send, r, false).await;
+            return;
         }
     };
     let Some(Upstream::Local(mut up)) = upstream else {
-        return respond(&mut send, resp).await;
+        respond_framed(&mut send, resp, false).await;
+        return;
     };
     let head = ResponseHead {
         status: resp.status(),
