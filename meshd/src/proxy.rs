@@ -25,6 +25,7 @@
 //! - [`balance`]: endpoint choice (round robin, least request with two choices, consistent
 //!   hash on the caller's address), weighted;
 //! - [`caller`]: who is calling a local listener (the uid that owns the caller's socket);
+//! - [`local`]: this host's services and the users they run as;
 //! - [`metrics`].
 
 pub mod balance;
@@ -38,6 +39,7 @@ pub mod inbound;
 pub mod l4;
 pub mod leaves;
 pub mod listeners;
+pub mod local;
 pub mod metrics;
 pub mod outbound;
 pub mod splice;

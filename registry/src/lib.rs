@@ -20,6 +20,7 @@
 pub mod archive;
 pub mod ca;
 pub mod chain;
+mod check_index;
 pub mod command;
 pub mod config_entry;
 pub mod duration;

@@ -3,11 +3,11 @@
 //! A blocking query waits until the index of *its* data passes the one it holds, so each read
 //! here comes with the narrowest index that covers it: one service name, one node, one key.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use crate::model::{CaRoot, Check, KvEntry, Member, Node, Service, Status, VirtualIp};
-use crate::state::{node_range, State};
+use crate::state::{node_range, NodeKey, State};
 use crate::vip::Ipv4Cidr;
 
 /// One instance of a service with its node and the checks that decide its health
@@ -110,42 +110,38 @@ impl State {
 
     /// The instances of a service with the checks that decide their health.
     pub fn health_service(&self, name: &str) -> Vec<HealthEntry<'_>> {
-        let mut entries: Vec<HealthEntry<'_>> = self
-            .service_instances(name)
+        // Found through the instance → checks index, not by scanning each node's checks; one
+        // key and one ID list serve every lookup (a service of thousands of instances is read
+        // by every DNS query for it).
+        let mut key: NodeKey = Default::default();
+        let mut ids: Vec<&str> = Vec::new();
+        self.service_instances(name)
             .into_iter()
-            .map(|(node, service)| HealthEntry {
-                node,
-                service,
-                checks: Vec::new(),
-            })
-            .collect();
-        // One pass over each node's checks for all of the service's instances on it (not one
-        // per instance: a node with thousands of services made a service's health cost its
-        // instances times the node's checks), in check ID order as before.
-        let mut on_node: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, e) in entries.iter().enumerate() {
-            let node: &Node = e.node;
-            on_node.entry(node.node.as_str()).or_default().push(i);
-        }
-        for (node, idxs) in on_node {
-            let by_id: HashMap<&str, usize> = idxs
-                .iter()
-                .map(|&i| {
-                    let service: &Service = entries[i].service;
-                    (service.id.as_str(), i)
-                })
-                .collect();
-            for c in self.node_checks(node) {
-                if c.service_id.is_empty() {
-                    for &i in &idxs {
-                        entries[i].checks.push(c);
-                    }
-                } else if let Some(&i) = by_id.get(c.service_id.as_str()) {
-                    entries[i].checks.push(c);
+            .map(|(node, service)| {
+                ids.clear();
+                ids.extend(self.check_index.ids(&node.node, ""));
+                let own = ids.len();
+                ids.extend(self.check_index.ids(&node.node, &service.id));
+                if own > 0 && ids.len() > own {
+                    ids.sort_unstable();
                 }
-            }
-        }
-        entries
+                key.0.clear();
+                key.0.push_str(&node.node);
+                let checks = ids
+                    .iter()
+                    .filter_map(|id| {
+                        key.1.clear();
+                        key.1.push_str(id);
+                        self.checks.get(&key)
+                    })
+                    .collect();
+                HealthEntry {
+                    node,
+                    service,
+                    checks,
+                }
+            })
+            .collect()
     }
 
     /// The checks of every instance of a service.
@@ -154,7 +150,11 @@ impl State {
             return Vec::new();
         };
         keys.iter()
-            .flat_map(|(node, id)| self.node_checks(node).filter(move |c| &c.service_id == id))
+            .flat_map(|(node, id)| {
+                self.check_index
+                    .ids(node, id)
+                    .filter_map(|c| self.check(node, c))
+            })
             .collect()
     }
 

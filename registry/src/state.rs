@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use crate::check_index::CheckIndex;
 use crate::command::{Command, Register, Response};
 use crate::config_entry::ConfigEntry;
 use crate::intention::{Action, Intention};
@@ -56,6 +57,8 @@ pub struct State {
     pub(crate) nodes: BTreeMap<String, Node>,
     pub(crate) services: BTreeMap<NodeKey, Service>,
     pub(crate) checks: BTreeMap<NodeKey, Check>,
+    /// Which checks each instance has (derived; written only by `put_check`/`take_check`).
+    pub(crate) check_index: CheckIndex,
     pub(crate) kv: BTreeMap<String, KvEntry>,
     pub(crate) members: BTreeMap<String, Member>,
     /// CA roots by ID.
@@ -297,12 +300,10 @@ impl State {
                 let sid = r.service.as_ref().map(|s| s.id.clone()).unwrap_or_default();
                 let keep: BTreeSet<&str> = r.checks.iter().map(|c| c.check_id.as_str()).collect();
                 let stale: Vec<NodeKey> = self
-                    .checks
-                    .iter()
-                    .filter(|(k, c)| {
-                        k.0 == node_name && c.service_id == sid && !keep.contains(k.1.as_str())
-                    })
-                    .map(|(k, _)| k.clone())
+                    .check_index
+                    .ids(node_name, &sid)
+                    .filter(|id| !keep.contains(id))
+                    .map(|id| (node_name.to_string(), id.to_string()))
                     .collect();
                 for k in stale {
                     self.remove_check(index, &k);
@@ -338,7 +339,7 @@ impl State {
             }
             c.modify_index = index;
             self.touch_check(index, &c);
-            self.checks.insert(key, c);
+            self.put_check(key, c);
         }
         if let Some(s) = &r.service {
             self.assign_virtual_ip(index, &s.service);
@@ -554,7 +555,7 @@ impl State {
                     modify_index: index,
                     ..Check::default()
                 };
-                self.checks.insert(key, c.clone());
+                self.put_check(key, c.clone());
                 c
             }
         };
@@ -672,10 +673,9 @@ impl State {
         self.touch_node(index, &key.0, false);
         self.indexes.services = index;
         let checks: Vec<NodeKey> = self
-            .checks
-            .range(node_range(&key.0))
-            .filter(|(_, c)| c.service_id == key.1)
-            .map(|(k, _)| k.clone())
+            .check_index
+            .ids(&key.0, &key.1)
+            .map(|id| (key.0.clone(), id.to_string()))
             .collect();
         for k in checks {
             self.remove_check(index, &k);
@@ -683,9 +683,25 @@ impl State {
     }
 
     fn remove_check(&mut self, index: u64, key: &NodeKey) {
-        if let Some(c) = self.checks.remove(key) {
+        if let Some(c) = self.take_check(key) {
             self.touch_check(index, &c);
         }
+    }
+
+    /// Stores a check: the one writer of the checks table, with `take_check`, so that the
+    /// instance → checks index follows it.
+    fn put_check(&mut self, key: NodeKey, c: Check) {
+        if let Some(old) = self.checks.get(&key) {
+            self.check_index.remove(old);
+        }
+        self.check_index.add(&c);
+        self.checks.insert(key, c);
+    }
+
+    fn take_check(&mut self, key: &NodeKey) -> Option<Check> {
+        let c = self.checks.remove(key)?;
+        self.check_index.remove(&c);
+        Some(c)
     }
 
     /// After a service changed, its checks' `ServiceName`/`ServiceTags` follow.
@@ -695,8 +711,11 @@ impl State {
         };
         let (name, tags) = (s.service.clone(), s.tags.clone());
         let mut touched = false;
-        for (_, c) in self.checks.range_mut(node_range(&key.0)) {
-            if c.service_id == key.1 && (c.service_name != name || c.service_tags != tags) {
+        for id in self.check_index.ids(&key.0, &key.1) {
+            let Some(c) = self.checks.get_mut(&(key.0.clone(), id.to_string())) else {
+                continue;
+            };
+            if c.service_name != name || c.service_tags != tags {
                 c.service_name = name.clone();
                 c.service_tags = tags.clone();
                 c.modify_index = index;
@@ -813,7 +832,7 @@ impl State {
             st.services.insert(key, s);
         }
         for c in img.checks {
-            st.checks.insert((c.node.clone(), c.check_id.clone()), c);
+            st.put_check((c.node.clone(), c.check_id.clone()), c);
         }
         for e in img.kv {
             st.kv.insert(e.key.clone(), e);

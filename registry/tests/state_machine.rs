@@ -1166,3 +1166,61 @@ fn new_commands_round_trip_through_json() {
     assert_eq!(Command::CaInit(root("r")).kind(), "ca_init");
     assert_eq!(Command::Restore(Box::default()).kind(), "restore");
 }
+
+#[test]
+fn an_instances_checks_are_found_by_index_as_a_scan_of_its_node_finds_them() {
+    // The instance → checks index is derived: after any run of commands (re-registrations
+    // that move a check to another service, deregistrations, restores) it must find what a
+    // scan of the node's checks finds, and equal the index a restore builds from scratch.
+    let mut rng = Lcg(7);
+    let mut st = State::new();
+    let mut saved = None;
+    for index in 1..=1_500u64 {
+        let cmd = if rng.next(6) == 0 {
+            // One check that moves between the services of a node (and to the node itself).
+            let n = format!("n{}", rng.next(4));
+            let sid = ["s0", "s1", "s2", ""][rng.next(4) as usize];
+            reg(
+                node(&n, "10.0.0.9"),
+                None,
+                vec![check("moving", sid, Status::Passing)],
+            )
+        } else {
+            random_command(&mut rng, saved.as_ref())
+        };
+        st.apply(index, &cmd);
+        if index % 300 == 0 {
+            saved = Some(st.image());
+        }
+        if index % 50 != 0 {
+            continue;
+        }
+        for name in ["web", "db", "api"] {
+            for e in st.health_service(name) {
+                let scanned: Vec<&str> = st
+                    .node_checks(&e.node.node)
+                    .filter(|c| c.service_id.is_empty() || c.service_id == e.service.id)
+                    .map(|c| c.check_id.as_str())
+                    .collect();
+                let found: Vec<&str> = e.checks.iter().map(|c| c.check_id.as_str()).collect();
+                assert_eq!(found, scanned, "{name} on {} at {index}", e.node.node);
+            }
+            let by_service: Vec<&str> = st
+                .service_checks(name)
+                .iter()
+                .map(|c| c.check_id.as_str())
+                .collect();
+            let scanned: Vec<&str> = st
+                .service_instances(name)
+                .iter()
+                .flat_map(|(n, s)| {
+                    st.node_checks(&n.node)
+                        .filter(|c| c.service_id == s.id)
+                        .map(|c| c.check_id.as_str())
+                })
+                .collect();
+            assert_eq!(by_service, scanned, "{name} at {index}");
+        }
+        assert_eq!(st, State::from_image(st.image()), "at {index}");
+    }
+}

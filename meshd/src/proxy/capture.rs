@@ -237,7 +237,11 @@ mod tests {
         let decisions = crate::proxy::decide::Decisions::new("n1".into(), Default::default());
         decisions.update(&st);
         let table = decisions.table();
-        let route = |a: SocketAddr| table.captured(a).map(|d| d.service.clone());
+        let route = |a: SocketAddr| {
+            let name = table.captured(a)?;
+            let d = decisions.want(name, &st)?;
+            d.ports.contains(&a.port()).then(|| d.service.clone())
+        };
         assert_eq!(route(at(80)).as_deref(), Some("api"));
         assert_eq!(route(at(8080)).as_deref(), Some("api"));
         assert_eq!(route(at(5432)), None, "db's port, api's address");

@@ -7,15 +7,23 @@
 //! their users (who is calling), the virtual IPs (which service a captured connection is for)
 //! and the trust domain.
 //!
+//! A destination is compiled the first time a connection needs it ([`Decisions::want`]), and
+//! from then on kept: ztunnel's on-demand discovery, not Istio's everything-everywhere. A host
+//! pays for the services it calls, not for every service of the registry (a service of 5,000
+//! instances whose health changes hundreds of times a second costs nothing to the hosts that
+//! never call it). The virtual IPs of every service are in the table, so a captured
+//! connection finds its service before it is compiled.
+//!
 //! The table is rebuilt when the registry's applied index moves and something it depends on
-//! changed (KV writes never rebuild it); within it, only the destinations whose inputs changed
-//! are compiled again (see [`build`]). The new table is published with one atomic pointer swap
-//! ([`ArcSwap`]); the per-connection path loads it without a lock and clones one `Arc`.
+//! changed (KV writes never rebuild it); within it, only the kept destinations whose inputs
+//! changed are compiled again (see [`build`]). The new table is published with one atomic
+//! pointer swap ([`ArcSwap`]); the per-connection path loads it without a lock and clones one
+//! `Arc`.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use arc_swap::ArcSwap;
 use registry::config_entry::{Limits, SERVICE_DEFAULTS};
@@ -26,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::balance::{Endpoint, EndpointSet, Loads, Policy};
 use super::http::chain::Routes;
+use super::local::LocalServices;
 use crate::store::Store;
 
 pub use registry::chain::Protocol;
@@ -89,7 +98,6 @@ pub struct Destination {
     pub routes: Option<Routes>,
     /// The other services its routes reach: a change to one rebuilds this destination.
     pub deps: Vec<String>,
-    pub vip: Option<Ipv4Addr>,
 }
 
 impl Destination {
@@ -106,22 +114,18 @@ impl Destination {
     }
 }
 
-/// A service on this host: who a connection from its user is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LocalService {
-    pub name: String,
-    pub user: String,
-}
-
 /// The data plane's decisions at one registry index.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Table {
     pub index: u64,
     pub trust_domain: String,
-    /// This host's services (name, user), sorted, one per name and user.
-    pub local: Arc<Vec<LocalService>>,
-    /// Virtual IP → its service, for the destinations of the table.
+    /// This host's services and their users.
+    pub local: LocalServices,
+    /// Virtual IP → its service, and back, for every service (compiled or not).
     vips: imbl::HashMap<Ipv4Addr, String>,
+    vip_of: imbl::HashMap<String, Ipv4Addr>,
+    /// The destinations some connection needed (kept compiled while their service exists).
+    wanted: imbl::HashSet<String>,
     destinations: imbl::HashMap<String, Arc<Destination>>,
     /// The destinations whose routes reach other services.
     routed: imbl::HashSet<String>,
@@ -140,13 +144,12 @@ impl Table {
     }
 
     /// The service a captured connection to `local` is for: the one whose virtual IP it
-    /// dialled, if one of its instances uses the port.
-    pub fn captured(&self, local: SocketAddr) -> Option<&Arc<Destination>> {
+    /// dialled (its destination says whether one of its instances uses the port).
+    pub fn captured(&self, local: SocketAddr) -> Option<&str> {
         let IpAddr::V4(ip) = local.ip() else {
             return None;
         };
-        let dest = self.destinations.get(self.vips.get(&ip)?.as_str())?;
-        dest.ports.contains(&local.port()).then_some(dest)
+        self.vips.get(&ip).map(String::as_str)
     }
 }
 
@@ -177,11 +180,18 @@ fn seen(st: &State) -> Seen {
     }
 }
 
+/// The shortest time between the starts of two rebuilds of the table (Istio's control plane
+/// debounces its pushes by 100 ms for the same reason).
+const REBUILD_GAP: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The current table, and its rebuilding.
 pub struct Decisions {
     node: String,
     current: ArcSwap<Table>,
     metrics: RebuildMetrics,
+    /// Held while a new table is made (a rebuild, or a destination compiled on demand), so that
+    /// neither overwrites the other's table.
+    publishing: std::sync::Mutex<()>,
 }
 
 /// Counts of rebuilds, for the data plane's metrics.
@@ -198,6 +208,7 @@ impl Decisions {
             node,
             current: ArcSwap::from_pointee(Table::default()),
             metrics,
+            publishing: Default::default(),
         }
     }
 
@@ -206,8 +217,41 @@ impl Decisions {
         self.current.load()
     }
 
+    /// The destination `name`, compiled now from `st` (and kept from then on) if no
+    /// connection needed it before; `None`: no such service.
+    pub fn want(&self, name: &str, st: &State) -> Option<Arc<Destination>> {
+        let _publishing = self
+            .publishing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let old = self.current.load_full();
+        if let Some(d) = old.destinations.get(name) {
+            return Some(d.clone());
+        }
+        if !exists(st, name) {
+            return None;
+        }
+        // Compiled at `st`'s index, which may be past the table's: the next rebuild compiles
+        // it again if it changed since the table's index, as it does every kept destination.
+        let d = Arc::new(destination(&self.node, st, name, None));
+        let mut table = Table::clone(&old);
+        table.wanted.insert(name.to_string());
+        if !d.deps.is_empty() {
+            table.routed.insert(name.to_string());
+        }
+        table.destinations.insert(name.to_string(), d.clone());
+        self.metrics.destinations.inc();
+        tracing::debug!(service = name, "destination wanted");
+        self.current.store(Arc::new(table));
+        Some(d)
+    }
+
     /// Rebuilds what changed in `st` since the current table.
     pub fn update(&self, st: &State) {
+        let _publishing = self
+            .publishing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let old = self.current.load_full();
         let now = seen(st);
         if old.index != 0 && old.seen == now {
@@ -228,13 +272,26 @@ impl Decisions {
     }
 
     /// Keeps the table in step with `store` until `cancel`.
+    ///
+    /// A change after a quiet spell is compiled at once. Changes that follow a rebuild wait
+    /// until [`REBUILD_GAP`], or ten times what that rebuild took if longer, has passed since
+    /// it, and are compiled together: under a stream of health changes (hundreds a second on a
+    /// service of thousands of instances) the rebuilds, which hold the registry's read lock
+    /// that DNS and the API also take, then cost at most about a tenth of a CPU instead of
+    /// growing with the rate of changes.
     pub async fn run(self: Arc<Self>, store: Store, cancel: CancellationToken) {
         let mut applied = store.subscribe();
         loop {
+            let started = tokio::time::Instant::now();
             self.update(&store.read());
+            let gap = REBUILD_GAP.max(started.elapsed() * 10);
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 r = applied.changed() => if r.is_err() { return },
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(started + gap) => {}
             }
         }
     }
@@ -259,7 +316,7 @@ fn build(node: &str, st: &State, old: &Table, seen: Seen) -> (Table, usize) {
         || seen.restore != old.seen.restore
         || Some(range) != old.range
         || !config_changed_since(st, since, &mut changed);
-    let (mut destinations, mut vips, mut routed) = if full {
+    let (mut destinations, mut vips, mut vip_of, mut routed) = if full {
         changed.extend(st.service_name_list().map(str::to_string));
         changed.extend(Routes::entry_names(st).into_iter().map(str::to_string));
         Default::default()
@@ -270,9 +327,11 @@ fn build(node: &str, st: &State, old: &Table, seen: Seen) -> (Table, usize) {
         (
             old.destinations.clone(),
             old.vips.clone(),
+            old.vip_of.clone(),
             old.routed.clone(),
         )
     };
+    let mut wanted = old.wanted.clone();
     // Destinations whose routes reach a changed service.
     let dependents: Vec<String> = routed
         .iter()
@@ -286,39 +345,37 @@ fn build(node: &str, st: &State, old: &Table, seen: Seen) -> (Table, usize) {
     changed.extend(dependents);
     let mut rebuilt = 0;
     for name in &changed {
-        let prev = destinations.remove(name.as_str());
-        if let Some(ip) = prev.as_ref().and_then(|d| d.vip) {
+        if let Some(ip) = vip_of.remove(name.as_str()) {
             vips.remove(&ip);
         }
+        if let Some(ip) = st.virtual_ip(name) {
+            vips.insert(ip, name.clone());
+            vip_of.insert(name.clone(), ip);
+        }
+        if !wanted.contains(name.as_str()) {
+            continue;
+        }
+        let prev = destinations.remove(name.as_str());
         routed.remove(name.as_str());
-        let exists = !st.service_instances(name).is_empty()
-            || Routes::KINDS
-                .iter()
-                .any(|k| st.config_entry(k, name).is_some());
-        if !exists {
+        if !exists(st, name) {
+            wanted.remove(name.as_str());
             continue;
         }
         rebuilt += 1;
         let d = destination(node, st, name, prev.as_deref());
-        if let Some(ip) = d.vip {
-            vips.insert(ip, name.clone());
-        }
         if !d.deps.is_empty() {
             routed.insert(name.clone());
         }
         destinations.insert(name.clone(), Arc::new(d));
     }
-    let local = if full || st.node_index(node) > since {
-        let mut local: Vec<LocalService> = st
-            .node_services(node)
-            .map(|s| LocalService {
-                name: s.service.clone(),
-                user: s.user.clone(),
-            })
-            .collect();
-        local.sort_by(|a, b| (&a.name, &a.user).cmp(&(&b.name, &b.user)));
-        local.dedup();
-        Arc::new(local)
+    let local = if full {
+        LocalServices::of(node, st)
+    } else if st.node_index(node) > since {
+        let mut local = old.local.clone();
+        for name in st.services_changed_since(since) {
+            local.refresh(node, st, name);
+        }
+        local
     } else {
         old.local.clone()
     };
@@ -330,12 +387,22 @@ fn build(node: &str, st: &State, old: &Table, seen: Seen) -> (Table, usize) {
             .unwrap_or_default(),
         local,
         vips,
+        vip_of,
+        wanted,
         destinations,
         routed,
         range: Some(range),
         seen,
     };
     (table, rebuilt)
+}
+
+/// Whether `name` is a service (an instance or a routing config entry of that name).
+fn exists(st: &State, name: &str) -> bool {
+    !st.service_instances(name).is_empty()
+        || Routes::KINDS
+            .iter()
+            .any(|k| st.config_entry(k, name).is_some())
 }
 
 /// Adds the names of the config entries (of the kinds destinations read) written after
@@ -440,7 +507,6 @@ fn destination(node: &str, st: &State, name: &str, prev: Option<&Destination>) -
         ports: all_ports,
         routes,
         deps: Routes::dependencies(st, name),
-        vip: st.virtual_ip(name),
     }
 }
 
@@ -482,8 +548,8 @@ mod tests {
         st.apply(index, &Command::ConfigEntrySet { entry, cas: None });
     }
 
-    fn dest(d: &Decisions, name: &str) -> Arc<Destination> {
-        d.table().destination(name).cloned().expect(name)
+    fn dest(d: &Decisions, st: &State, name: &str) -> Arc<Destination> {
+        d.want(name, st).expect(name)
     }
 
     #[test]
@@ -495,8 +561,11 @@ mod tests {
         let metrics = RebuildMetrics::default();
         let d = Decisions::new("n1".into(), metrics.clone());
         d.update(&st);
+        assert_eq!(metrics.destinations.get(), 0, "none wanted yet");
+        let (api, db) = (dest(&d, &st, "api"), dest(&d, &st, "db"));
+        dest(&d, &st, "web");
         assert_eq!(metrics.destinations.get(), 3);
-        let (api, db) = (dest(&d, "api"), dest(&d, "db"));
+        assert!(Arc::ptr_eq(&api, &dest(&d, &st, "api")), "compiled once");
         assert_eq!(api.all.endpoints().len(), 1);
         assert_eq!(api.protocol, Protocol::Tcp);
 
@@ -515,9 +584,9 @@ mod tests {
         reg(&mut st, 5, "n1", "api", 81);
         d.update(&st);
         assert_eq!(metrics.destinations.get(), 4);
-        assert!(!Arc::ptr_eq(&api, &dest(&d, "api")));
-        assert!(Arc::ptr_eq(&db, &dest(&d, "db")));
-        assert_eq!(dest(&d, "api").all.endpoints().len(), 2);
+        assert!(!Arc::ptr_eq(&api, &dest(&d, &st, "api")));
+        assert!(Arc::ptr_eq(&db, &dest(&d, &st, "db")));
+        assert_eq!(dest(&d, &st, "api").all.endpoints().len(), 2);
 
         // api becomes HTTP and splits between itself and web.
         entry(
@@ -537,12 +606,12 @@ mod tests {
                    "Splits": [{"Weight": 50}, {"Weight": 50, "Service": "web"}]}),
         );
         d.update(&st);
-        let api = dest(&d, "api");
+        let api = dest(&d, &st, "api");
         assert_eq!(api.protocol, Protocol::Http);
         assert_eq!(api.deps, vec!["web".to_string()]);
         let routes = api.routes.as_ref().expect("routes");
         assert_eq!(routes.targets.len(), 2);
-        assert!(Arc::ptr_eq(&db, &dest(&d, "db")), "db untouched");
+        assert!(Arc::ptr_eq(&db, &dest(&d, &st, "db")), "db untouched");
 
         // A change to web rebuilds api (its split reaches web), not db.
         let before = metrics.destinations.get();
@@ -553,11 +622,70 @@ mod tests {
             before + 2,
             "web, and api for its split"
         );
-        assert!(!Arc::ptr_eq(&api, &dest(&d, "api")));
-        assert!(Arc::ptr_eq(&db, &dest(&d, "db")));
-        let api = dest(&d, "api");
+        assert!(!Arc::ptr_eq(&api, &dest(&d, &st, "api")));
+        assert!(Arc::ptr_eq(&db, &dest(&d, &st, "db")));
+        let api = dest(&d, &st, "api");
         let web = &api.routes.as_ref().expect("routes").targets["web"];
         assert_eq!(web.set.endpoints().len(), 2);
+    }
+
+    #[test]
+    fn a_destination_is_compiled_when_first_wanted_and_kept_while_its_service_exists() {
+        let mut st = State::new();
+        reg(&mut st, 1, "n1", "big", 80);
+        reg(&mut st, 2, "n2", "api", 80);
+        let metrics = RebuildMetrics::default();
+        let d = Decisions::new("n1".into(), metrics.clone());
+        d.update(&st);
+        // Changes to a service no connection asked for compile nothing, and its virtual IP
+        // is known all the same.
+        for (i, port) in (3..20).zip(81..) {
+            reg(&mut st, i, "n1", "big", port);
+            d.update(&st);
+        }
+        assert_eq!(metrics.destinations.get(), 0);
+        let vip = st.virtual_ip("big").expect("a virtual IP");
+        let at = SocketAddr::new(IpAddr::V4(vip), 80);
+        assert_eq!(d.table().captured(at), Some("big"));
+        // Wanted: compiled at the registry's state, then again at each change.
+        assert_eq!(dest(&d, &st, "big").all.endpoints().len(), 18);
+        assert_eq!(metrics.destinations.get(), 1);
+        reg(&mut st, 20, "n1", "big", 99);
+        d.update(&st);
+        assert_eq!(metrics.destinations.get(), 2);
+        assert_eq!(
+            d.table()
+                .destination("big")
+                .expect("kept")
+                .all
+                .endpoints()
+                .len(),
+            19
+        );
+        // Gone with its service (and its virtual IP), and no longer kept.
+        st.apply(
+            21,
+            &Command::Deregister {
+                node: "n1".into(),
+                service_id: None,
+                check_id: None,
+            },
+        );
+        st.apply(
+            22,
+            &Command::Deregister {
+                node: "n2".into(),
+                service_id: None,
+                check_id: None,
+            },
+        );
+        d.update(&st);
+        let table = d.table();
+        assert!(table.destination("big").is_none());
+        assert_eq!(table.captured(at), None);
+        assert!(!table.wanted.contains("big"));
+        assert!(d.want("big", &st).is_none());
+        assert!(d.want("nothing", &st).is_none());
     }
 
     #[test]
@@ -583,7 +711,7 @@ mod tests {
         );
         let d = Decisions::new("n1".into(), RebuildMetrics::default());
         d.update(&st);
-        let api = dest(&d, "api");
+        let api = dest(&d, &st, "api");
         let routes = api.routes.as_ref().expect("routes");
         let req = http::Request::get("/x").body(()).expect("a request");
         let (parts, ()) = req.into_parts();

@@ -3,7 +3,6 @@
 //! connection is served at layer 4 ([`l4`](super::l4)) or layer 7 ([`http`](super::http)) by
 //! the destination's protocol. Everything here reads one [`Table`] (no registry lock).
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,15 +32,21 @@ pub async fn handle(inner: Arc<Inner>, tcp: TcpStream, listen: Arc<Listen>, tick
         return;
     };
     let table = inner.decisions.table();
-    let destination = match &*listen {
+    let name = match &*listen {
         Listen::Vip { service }
         | Listen::Upstream {
             destination: service,
             ..
-        } => table.destination(service),
+        } => Some(service.as_str()),
         Listen::Captured => table.captured(local),
     };
-    let Some(destination) = destination.cloned() else {
+    // The first connection to a service compiles its destination.
+    let destination = name
+        .and_then(|n| {
+            (table.destination(n).cloned()).or_else(|| inner.decisions.want(n, &inner.store.read()))
+        })
+        .filter(|d| !matches!(*listen, Listen::Captured) || d.ports.contains(&local.port()));
+    let Some(destination) = destination else {
         let name = listen.destination().unwrap_or_default();
         let reason = if name.is_empty() {
             "no_route"
@@ -111,28 +116,19 @@ impl Inner {
     fn attribute(&self, table: &Table, local: SocketAddr, peer: SocketAddr) -> Option<String> {
         let services = &table.local;
         // The socket table is read only when some local service declares its user.
-        let uid = if peer.ip().is_loopback() && services.iter().any(|s| !s.user.is_empty()) {
+        let uid = if peer.ip().is_loopback() && services.declare_users() {
             caller::socket_uid(local, peer).ok().flatten()
         } else {
             None
         };
         if let Some(uid) = uid {
-            let by_user: BTreeSet<&str> = services
-                .iter()
-                .filter(|s| !s.user.is_empty() && self.uid_of(&s.user) == Some(uid))
-                .map(|s| s.name.as_str())
-                .collect();
-            if by_user.len() == 1 {
-                return by_user.into_iter().next().map(str::to_string);
-            }
-            if by_user.len() > 1 {
-                return None;
+            let mut by_user = services.run_by(|user| self.uid_of(user) == Some(uid));
+            match (by_user.next(), by_user.next()) {
+                (Some(name), None) => return Some(name.to_string()),
+                (Some(_), Some(_)) => return None,
+                _ => {}
             }
         }
-        let names: BTreeSet<&str> = services.iter().map(|s| s.name.as_str()).collect();
-        if names.len() == 1 {
-            return names.into_iter().next().map(str::to_string);
-        }
-        None
+        services.only().map(str::to_string)
     }
 }
