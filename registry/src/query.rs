@@ -98,6 +98,25 @@ impl State {
         self.by_name.keys().map(String::as_str)
     }
 
+    /// Whether some instance of `name` is registered.
+    pub fn has_instances(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// The instances of `name` on `node`, found in O(log n), ordered by ID.
+    pub fn service_instances_on<'a>(
+        &'a self,
+        name: &str,
+        node: &str,
+    ) -> impl Iterator<Item = &'a Service> + 'a {
+        let on_node = node_range(node);
+        self.by_name
+            .get(name)
+            .into_iter()
+            .flat_map(move |keys| keys.range(on_node.clone()))
+            .filter_map(|k| self.services.get(k))
+    }
+
     /// The instances of a service, ordered by node and ID.
     pub fn service_instances(&self, name: &str) -> Vec<(&Node, &Service)> {
         let Some(keys) = self.by_name.get(name) else {

@@ -217,6 +217,16 @@ impl Decisions {
         self.current.load()
     }
 
+    /// The destination `name` for a connection: from the current table without a lock, or,
+    /// the first time one is needed, compiled from `store` ([`Decisions::want`]).
+    pub fn destination(&self, name: &str, store: &Store) -> Option<Arc<Destination>> {
+        let table = self.current.load();
+        match table.destination(name) {
+            Some(d) => Some(d.clone()),
+            None => self.want(name, &store.read()),
+        }
+    }
+
     /// The destination `name`, compiled now from `st` (and kept from then on) if no
     /// connection needed it before; `None`: no such service.
     pub fn want(&self, name: &str, st: &State) -> Option<Arc<Destination>> {
@@ -399,7 +409,7 @@ fn build(node: &str, st: &State, old: &Table, seen: Seen) -> (Table, usize) {
 
 /// Whether `name` is a service (an instance or a routing config entry of that name).
 fn exists(st: &State, name: &str) -> bool {
-    !st.service_instances(name).is_empty()
+    st.has_instances(name)
         || Routes::KINDS
             .iter()
             .any(|k| st.config_entry(k, name).is_some())

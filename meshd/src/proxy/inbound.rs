@@ -113,8 +113,7 @@ pub async fn serve(inner: Arc<Inner>, mut s: Incoming) {
         }
     };
     if header.mode != Mode::Stream {
-        let h2 = (inner.decisions.table().destination(&destination).cloned())
-            .or_else(|| inner.decisions.want(&destination, &inner.store.read()))
+        let h2 = (inner.decisions.destination(&destination, &inner.store))
             .is_some_and(|d| super::decide::h2_upstream(d.protocol));
         if s.send.write_all(&answer(Status::Ok, "")).await.is_err() {
             return;

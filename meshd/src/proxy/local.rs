@@ -32,10 +32,8 @@ impl LocalServices {
     /// `name`'s entry as `node` has it in `st` now (gone when no instance is left).
     pub(super) fn refresh(&mut self, node: &str, st: &State, name: &str) {
         let users = st
-            .service_instances(name)
-            .into_iter()
-            .filter(|(n, _)| n.node == node)
-            .map(|(_, s)| s.user.clone())
+            .service_instances_on(name, node)
+            .map(|s| s.user.clone())
             .collect();
         self.set(name, users);
     }

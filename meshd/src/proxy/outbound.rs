@@ -42,9 +42,7 @@ pub async fn handle(inner: Arc<Inner>, tcp: TcpStream, listen: Arc<Listen>, tick
     };
     // The first connection to a service compiles its destination.
     let destination = name
-        .and_then(|n| {
-            (table.destination(n).cloned()).or_else(|| inner.decisions.want(n, &inner.store.read()))
-        })
+        .and_then(|n| inner.decisions.destination(n, &inner.store))
         .filter(|d| !matches!(*listen, Listen::Captured) || d.ports.contains(&local.port()));
     let Some(destination) = destination else {
         let name = listen.destination().unwrap_or_default();
